@@ -1,0 +1,23 @@
+"""The control loop's schedule, run by `celery beat` (`agentful beat`, or `agentful up`).
+
+Health checks every `mcp.client.loadBalancing.healthCheck.interval` ms: a worker probes each of
+its MCP servers (ping on sessions that speak the handshake era, a tools listing otherwise) and
+reports state, latency and restarts; the result is visible in Flower and the result backend.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from tasks.config_file import ConfigFile
+
+
+def beat_schedule(config: ConfigFile) -> dict[str, dict[str, Any]]:
+    interval_s = config.mcp.client.load_balancing.health_check.interval / 1000
+    return {
+        "health-check": {
+            "task": "agentful.health_check",
+            "schedule": interval_s,
+            "options": {"expires": interval_s},  # a missed check is replaced by the next one
+        }
+    }

@@ -1,0 +1,60 @@
+"""Celery settings, computed from agentful's Settings. No logic lives here.
+
+`python -m celeryconfig` prints them.
+"""
+
+from __future__ import annotations
+
+from beat.schedule import beat_schedule as _beat_schedule
+from tasks.routing import CONTROL_QUEUE
+from tasks.settings import get_config, get_settings, resolved_broker_url, resolved_result_backend
+
+_settings = get_settings()
+
+broker_url = resolved_broker_url(_settings)
+result_backend = resolved_result_backend(_settings, broker_url)
+
+task_serializer = "json"
+result_serializer = "json"
+accept_content = ["json"]
+result_accept_content = ["json"]
+result_extended = True  # Flower and AsyncResult show name, args and worker
+result_expires = _settings.result_expires_s
+
+task_default_queue = CONTROL_QUEUE
+task_routes = ("tasks.routing.route_task",)
+task_create_missing_queues = True
+
+# Nothing lost: a call is acknowledged after it ran, and a worker killed mid-call puts it back.
+task_acks_late = True
+task_reject_on_worker_lost = True
+worker_prefetch_multiplier = 4
+broker_connection_retry_on_startup = True
+
+# A producer whose broker is down gets an error in seconds, not a hang.
+broker_connection_timeout = 4.0
+task_publish_retry_policy = {
+    "max_retries": 2,
+    "interval_start": 0.1,
+    "interval_step": 0.3,
+    "interval_max": 0.5,
+}
+broker_transport_options = {"visibility_timeout": 3600, "socket_connect_timeout": 3, "socket_timeout": 10}
+redis_socket_connect_timeout = 3
+redis_socket_timeout = 10
+
+# The worker runtime (MCP sessions, signal hooks) is imported by workers only: `tasks` never
+# imports `workers`, so a producer stays light.
+imports = ("workers.boot",)
+
+# Task events cost broker traffic on every call; Flower switches them on while it watches
+# (its `enable_events` control command). `agentful up` starts workers with -E.
+worker_send_task_events = False
+worker_hijack_root_logger = False
+
+beat_schedule = _beat_schedule(get_config())
+
+if __name__ == "__main__":
+    for _key, _value in sorted(globals().items()):
+        if not _key.startswith("_") and _key.islower() and not callable(_value) and _key != "annotations":
+            print(f"{_key} = {_value!r}")

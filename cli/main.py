@@ -1,0 +1,270 @@
+"""`agentful`: start the roles of a cluster and talk to it from the shell.
+
+Every command reads the same settings (AGENTFUL_* variables, `--config`), and uses the
+embedded Valkey broker when AGENTFUL_BROKER_URL is not set.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+from typing import Annotated, Any
+
+import typer
+from rich.console import Console
+from rich.table import Table
+
+from tasks.errors import AgentfulError, ConfigError, PermanentError
+from tasks.settings import get_config, get_settings, reset_caches
+
+EXIT_OK = 0
+EXIT_CALL_FAILED = 1  # the call ran and failed, or demo calls failed
+EXIT_BAD_INPUT = 2  # config, arguments, unknown server or tool
+EXIT_UNAVAILABLE = 3  # broker or workers not reachable
+EXIT_INTERRUPTED = 130
+
+app = typer.Typer(add_completion=False, no_args_is_help=True, help=__doc__)
+console = Console()
+err = Console(stderr=True)
+
+ConfigOpt = Annotated[
+    Path | None,
+    typer.Option("--config", "-c", help="JSON config file (else AGENTFUL_CONFIG)", dir_okay=False),
+]
+
+
+def _setup(config: Path | None) -> None:
+    """Apply CLI options to the environment, then validate settings and config once."""
+    if config is not None:
+        os.environ["AGENTFUL_CONFIG"] = str(config.resolve())
+    reset_caches()
+    try:
+        get_settings()
+        get_config()
+    except ConfigError as exc:
+        err.print(f"[red]error:[/] {exc}")
+        raise typer.Exit(EXIT_BAD_INPUT) from None
+
+
+def _fail(exc: AgentfulError) -> typer.Exit:
+    err.print(f"[red]{type(exc).__name__}:[/] {exc}")
+    return typer.Exit(EXIT_BAD_INPUT if isinstance(exc, PermanentError) else EXIT_UNAVAILABLE)
+
+
+@app.command()
+def demo(
+    calls: Annotated[int, typer.Option(help="how many tool calls to submit", min=1)] = 300,
+    workers: Annotated[int, typer.Option(help="Celery workers to start", min=1)] = 2,
+    flower: Annotated[bool, typer.Option(help="start Flower on :5555")] = True,
+    keep: Annotated[bool, typer.Option(help="keep the cluster running after the summary")] = False,
+    timeout_s: Annotated[float, typer.Option("--timeout", help="seconds to wait for the batch")] = 300.0,
+) -> None:
+    """The main job: embedded broker, two workers on real MCP servers, a batch of calls, a summary."""
+    _setup(None)
+    from cli.demo import run_demo
+
+    failed = run_demo(calls, workers, flower, keep, timeout_s)
+    raise typer.Exit(EXIT_INTERRUPTED if failed == 130 else (EXIT_CALL_FAILED if failed else EXIT_OK))
+
+
+@app.command()
+def up(
+    config: ConfigOpt = None,
+    workers: Annotated[int, typer.Option(help="Celery workers to start", min=1)] = 2,
+    pool: Annotated[str | None, typer.Option(help="Celery pool (default: threads)")] = None,
+    concurrency: Annotated[int | None, typer.Option(help="tasks in flight per worker")] = None,
+    flower: Annotated[bool, typer.Option(help="start Flower")] = True,
+    flower_port: Annotated[int, typer.Option(help="Flower's port")] = 5555,
+    beat: Annotated[bool, typer.Option(help="start beat (health checks)")] = True,
+) -> None:
+    """Run a local cluster: broker if needed, workers, beat and Flower; Ctrl-C stops all."""
+    _setup(config)
+    from cli.stack import Stack
+    from workers.launcher import DEFAULT_CONCURRENCY, DEFAULT_POOL
+
+    if not get_config().servers:
+        err.print(
+            "[red]error:[/] no MCP servers configured: pass --config FILE (see README, 'Configuration')"
+        )
+        raise typer.Exit(EXIT_BAD_INPUT)
+    stack = Stack(
+        workers=workers,
+        pool=pool or DEFAULT_POOL,
+        concurrency=concurrency or DEFAULT_CONCURRENCY,
+        flower=flower,
+        flower_port=flower_port,
+        beat=beat,
+    )
+    stopping = False
+
+    def _stop(*_: Any) -> None:
+        nonlocal stopping
+        stopping = True
+
+    signal.signal(signal.SIGTERM, _stop)
+    try:
+        stack.start()
+        console.print(f"broker  {stack.broker_url}" + ("  (embedded Valkey)" if stack.broker else ""))
+        ready = stack.wait_ready(60)
+        console.print(f"workers {len(stack.procs)} {'ready' if ready else 'starting (not all answered yet)'}")
+        if flower:
+            console.print(f"flower  {stack.flower_url}")
+        console.print(f"logs    {get_settings().log_dir}\nCtrl-C to stop")
+        while not stopping:
+            dead = stack.dead()
+            if dead:
+                err.print(f"[red]stopped unexpectedly: {', '.join(dead)}; see {get_settings().log_dir}")
+                break
+            time.sleep(0.5)
+    except KeyboardInterrupt:
+        pass
+    finally:
+        console.print("stopping: workers finish the calls they hold...")
+        stack.stop()
+        console.print("stopped")
+
+
+@app.command()
+def worker(
+    config: ConfigOpt = None,
+    servers: Annotated[str | None, typer.Option(help="comma-separated servers to run (default: all)")] = None,
+    name: Annotated[str, typer.Option("--name", "-n", help="Celery node name")] = "worker@%h",
+    pool: Annotated[str | None, typer.Option(help="Celery pool (default: threads)")] = None,
+    concurrency: Annotated[int | None, typer.Option(help="tasks in flight per worker")] = None,
+    loglevel: Annotated[str, typer.Option("--loglevel", "-l")] = "INFO",
+) -> None:
+    """Run one Celery worker in the foreground, holding sessions to this host's MCP servers."""
+    if servers:
+        os.environ["AGENTFUL_SERVERS"] = servers
+    _setup(config)
+    from cli.stack import use_broker
+    from workers.launcher import DEFAULT_CONCURRENCY, DEFAULT_POOL, WorkerProcess
+
+    try:
+        names = get_settings().worker_servers(get_config())
+    except ConfigError as exc:
+        raise _fail(exc) from None
+    url, broker = use_broker(get_settings())
+    proc = WorkerProcess(
+        name,
+        names,
+        pool=pool or DEFAULT_POOL,
+        concurrency=concurrency or DEFAULT_CONCURRENCY,
+        loglevel=loglevel,
+    )
+    err.print(f"worker {name}: servers {', '.join(names) or 'none'}; broker {url}")
+    code = _foreground(proc.command(), {**os.environ, "AGENTFUL_SERVERS": ",".join(names)})
+    if broker is not None:
+        broker.stop()
+    raise typer.Exit(code)
+
+
+def _foreground(cmd: list[str], env: dict[str, str]) -> int:
+    """Run a child in the foreground; Ctrl-C and SIGTERM reach it (warm shutdown), we wait."""
+    child = subprocess.Popen(cmd, env=env)
+    signal.signal(signal.SIGTERM, lambda *_: child.terminate())
+    while True:
+        try:
+            return child.wait()
+        except KeyboardInterrupt:
+            continue  # the child got SIGINT from the terminal too; wait for its warm shutdown
+
+
+@app.command()
+def beat(config: ConfigOpt = None) -> None:
+    """Run Celery beat (the control loop's schedule)."""
+    _setup(config)
+    from cli.stack import use_broker
+
+    use_broker(get_settings())
+    sched = get_settings().data_dir / "beat"
+    sched.mkdir(parents=True, exist_ok=True)
+    cmd = [sys.executable, "-m", "celery", "-A", "tasks", "beat", "-s", str(sched / "schedule"), "-l", "INFO"]
+    raise typer.Exit(_foreground(cmd, dict(os.environ)))
+
+
+@app.command()
+def flower(
+    config: ConfigOpt = None,
+    port: Annotated[int, typer.Option(help="port to serve on")] = 5555,
+    address: Annotated[str, typer.Option(help="address to bind")] = "127.0.0.1",
+) -> None:
+    """Run Flower, the Celery monitor, against this cluster."""
+    _setup(config)
+    from cli.stack import use_broker
+
+    use_broker(get_settings())
+    cmd = [sys.executable, "-m", "celery", "-A", "tasks", "flower", f"--port={port}", f"--address={address}"]
+    raise typer.Exit(_foreground(cmd, dict(os.environ)))
+
+
+@app.command()
+def call(
+    server: Annotated[str, typer.Argument(help="MCP server name")],
+    tool: Annotated[str, typer.Argument(help="tool name")],
+    args: Annotated[str, typer.Option("--args", "-a", help="arguments as a JSON object")] = "{}",
+    timeout_s: Annotated[float, typer.Option("--timeout", help="seconds to wait for the result")] = 60.0,
+    config: ConfigOpt = None,
+) -> None:
+    """Call one tool on the cluster and print its result as JSON."""
+    _setup(config)
+    try:
+        arguments = json.loads(args)
+    except json.JSONDecodeError as exc:
+        err.print(f"[red]error:[/] --args is not valid JSON: {exc.msg} at column {exc.colno}")
+        raise typer.Exit(EXIT_BAD_INPUT) from None
+    from celery.exceptions import TimeoutError as CeleryTimeout
+
+    from tasks import call_tool
+
+    try:
+        result = call_tool.delay(server, tool, arguments).get(timeout=timeout_s)
+    except AgentfulError as exc:
+        raise _fail(exc) from None
+    except CeleryTimeout:
+        err.print(
+            f"[red]no result within {timeout_s} s[/]: is a worker running server {server!r}? "
+            "(the call stays queued)"
+        )
+        raise typer.Exit(EXIT_UNAVAILABLE) from None
+    console.print_json(json.dumps(result))
+    raise typer.Exit(EXIT_CALL_FAILED if result.get("is_error") else EXIT_OK)
+
+
+@app.command()
+def tools(
+    server: Annotated[str | None, typer.Argument(help="only this server")] = None,
+    timeout_s: Annotated[float, typer.Option("--timeout", help="seconds to wait")] = 30.0,
+    config: ConfigOpt = None,
+) -> None:
+    """List the tools the cluster offers."""
+    _setup(config)
+    from celery.exceptions import TimeoutError as CeleryTimeout
+
+    from tasks import list_tools
+
+    try:
+        listing = list_tools.delay(server).get(timeout=timeout_s)
+    except AgentfulError as exc:
+        raise _fail(exc) from None
+    except CeleryTimeout:
+        err.print(f"[red]no answer within {timeout_s} s[/]: is any worker running?")
+        raise typer.Exit(EXIT_UNAVAILABLE) from None
+    table = Table("server", "tool", "description")
+    for name, entries in sorted(listing.items()):
+        for t in entries:
+            table.add_row(name, t["name"], (t["description"] or "").split("\n")[0][:80])
+    console.print(table)
+
+
+def main() -> None:
+    app()
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,11 @@
+"""agentful-mcp's task layer: the Celery app and the public tasks.
+
+from tasks import call_tool, list_tools
+call_tool.delay("time", "get_current_time", {"timezone": "UTC"}).get(timeout=10)
+"""
+
+from tasks.api import call_tool, list_tools, ping
+from tasks.app import app
+from tasks.contracts import ToolInfo, ToolResult
+
+__all__ = ["ToolInfo", "ToolResult", "app", "call_tool", "list_tools", "ping"]

@@ -1,0 +1,223 @@
+"""The public tasks: `call_tool` and `list_tools`.
+
+    from tasks import call_tool
+    call_tool.delay("time", "get_current_time", {"timezone": "UTC"}).get(timeout=10)
+
+A call is checked before it is queued (unknown server or tool, bad arguments, oversized
+payload, no broker) and raises at once; on the worker it runs on a persistent MCP session.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import time
+from typing import Any
+
+import kombu.exceptions
+import redis
+from celery import Task
+from celery.result import AsyncResult
+
+from tasks.app import app
+from tasks.catalog import CachedCatalog, RedisCatalogStore, ServerTools, is_redis_url, safe_url
+from tasks.contracts import ToolInfo, ToolResult, get_executor
+from tasks.errors import BrokerUnavailableError, UnknownServerError
+from tasks.settings import NO_BROKER_URL, get_config, get_settings
+from tasks.validation import check_arguments_shape, check_call
+
+_catalog: CachedCatalog | None = None
+
+
+def catalog_store() -> RedisCatalogStore | None:
+    """The shared catalog store: the result backend or broker, whichever is Redis; else none."""
+    for url in (str(app.conf.result_backend or ""), str(app.conf.broker_url or "")):
+        if is_redis_url(url):
+            return RedisCatalogStore(url)
+    return None
+
+
+# A call naming a server or tool that the cached catalog lacks re-reads it if it is older than
+# this: a worker may have just published it. Bounded, so a stream of bad calls can't flood Redis.
+_RECHECK_AGE_S = 0.5
+
+
+def cluster_catalog(*, refresh: bool = False, max_age_s: float | None = None) -> dict[str, ServerTools]:
+    """The catalog as this process knows it (cached for `catalog_cache_s`)."""
+    global _catalog
+    if _catalog is None:
+        store = catalog_store()
+        if store is None:
+            return {}
+        _catalog = CachedCatalog(store, ttl_s=get_settings().catalog_cache_s)
+    return _catalog.get(refresh=refresh, max_age_s=max_age_s)
+
+
+def _catalog_for(server: object, tool: object) -> dict[str, ServerTools]:
+    catalog = cluster_catalog()
+    entry = catalog.get(server) if isinstance(server, str) else None
+    if entry is None or tool not in entry.tools:
+        catalog = cluster_catalog(max_age_s=_RECHECK_AGE_S)
+    return catalog
+
+
+def _require_broker() -> None:
+    if app.conf.broker_url == NO_BROKER_URL:
+        settings = get_settings()
+        raise BrokerUnavailableError(
+            "no broker configured: set AGENTFUL_BROKER_URL (redis://, amqp://) or start the "
+            f"embedded one with `agentful up` (it writes its URL to {settings.broker_state_file})"
+        )
+
+
+def idempotent_task_id(key: str) -> str:
+    """A stable task id for an idempotency key: the same key is the same call."""
+    return "idem-" + hashlib.sha256(key.encode()).hexdigest()[:32]
+
+
+class _CheckedTask(Task):  # type: ignore[misc]
+    """Publishing that turns broker faults into BrokerUnavailableError, naming the broker."""
+
+    def _publish(self, args: Any, kwargs: Any, task_id: str | None, **options: Any) -> AsyncResult:
+        try:
+            return super().apply_async(args, kwargs, task_id=task_id, **options)
+        except (kombu.exceptions.OperationalError, redis.RedisError, OSError) as exc:
+            raise BrokerUnavailableError(
+                f"cannot queue {self.name}: broker {safe_url(str(app.conf.broker_url))} is unreachable "
+                f"({exc}); nothing was queued"
+            ) from exc
+
+
+class CallToolTask(_CheckedTask):
+    def apply_async(
+        self, args: Any = None, kwargs: Any = None, task_id: str | None = None, **options: Any
+    ) -> AsyncResult:
+        bound = _bind_call(args or (), kwargs or {})
+        _require_broker()
+        config = get_config()
+        bound["arguments"] = check_call(
+            bound["server"],
+            bound["tool"],
+            bound["arguments"],
+            catalog=_catalog_for(bound["server"], bound["tool"]),
+            configured=frozenset(config.servers),
+            max_bytes=config.mcp.server.max_request_bytes,
+        )
+        key = bound.get("idempotency_key")
+        if key:
+            task_id = idempotent_task_id(str(key))
+            existing = self.AsyncResult(task_id)
+            if _stored_state(existing) == "SUCCESS":
+                return existing
+        server, tool, arguments = bound.pop("server"), bound.pop("tool"), bound.pop("arguments")
+        return self._publish((server, tool, arguments), bound, task_id, **options)
+
+
+_CALL_PARAMS = ("server", "tool", "arguments")
+_CALL_KEYWORDS = ("project_id", "timeout_s", "idempotency_key")
+
+
+def _bind_call(args: Any, kwargs: dict[str, Any]) -> dict[str, Any]:
+    """call_tool's parameters by name, with the same errors Python would give a bad call."""
+    if len(args) > len(_CALL_PARAMS):
+        raise TypeError(f"call_tool takes at most 3 positional arguments ({len(args)} given)")
+    bound: dict[str, Any] = dict(zip(_CALL_PARAMS, args, strict=False))
+    for key, value in kwargs.items():
+        if key not in _CALL_PARAMS + _CALL_KEYWORDS:
+            raise TypeError(f"call_tool got an unexpected keyword argument {key!r}")
+        if key in bound:
+            raise TypeError(f"call_tool got multiple values for argument {key!r}")
+        bound[key] = value
+    for required in ("server", "tool"):
+        if required not in bound:
+            raise TypeError(f"call_tool missing required argument {required!r}")
+    bound.setdefault("arguments", None)
+    return bound
+
+
+def _stored_state(result: AsyncResult) -> str | None:
+    try:
+        return str(result.state)
+    except (redis.RedisError, OSError, kombu.exceptions.OperationalError) as exc:
+        raise BrokerUnavailableError(f"cannot read the result backend: {exc}") from exc
+
+
+class ListToolsTask(_CheckedTask):
+    def apply_async(
+        self, args: Any = None, kwargs: Any = None, task_id: str | None = None, **options: Any
+    ) -> AsyncResult:
+        _require_broker()
+        server = (kwargs or {}).get("server") or (args[0] if args else None)
+        if server is not None:
+            known = set(_catalog_for(server, None)) | set(get_config().servers)
+            if server not in known:
+                raise UnknownServerError(
+                    f"unknown MCP server {server!r}; the cluster offers: {', '.join(sorted(known)) or 'none'}"
+                )
+        return self._publish(args, kwargs, task_id, **options)
+
+
+@app.task(base=CallToolTask, bind=True, name="agentful.call_tool")
+def call_tool(
+    self: Task,
+    server: str,
+    tool: str,
+    arguments: dict[str, Any] | None = None,
+    *,
+    project_id: str | None = None,
+    timeout_s: float | None = None,
+    idempotency_key: str | None = None,
+) -> ToolResult:
+    """Call `tool` on MCP server `server` with `arguments`; return the tool's result as JSON.
+
+    `timeout_s` bounds the call on the worker (default: the server's `callTimeoutS`); the server
+    is told the call was cancelled when it runs over. `project_id` keeps a project's calls
+    together. With `idempotency_key`, a call whose result is stored is not run again.
+    """
+    if idempotency_key and self.request.id:
+        previous = self.AsyncResult(self.request.id)
+        if _stored_state(previous) == "SUCCESS":  # redelivered after it ran: don't run it twice
+            stored: ToolResult = previous.result
+            return stored
+    executor = get_executor()
+    args = check_arguments_shape(arguments, max_bytes=get_config().mcp.server.max_request_bytes)
+    meta = {"agentful/task_id": self.request.id} if self.request.id else None
+    if project_id:
+        meta = {**(meta or {}), "agentful/project_id": project_id}
+    started = time.perf_counter()
+    raw, attempts = executor.call_tool(server, tool, args, timeout_s=timeout_s, meta=meta)
+    return ToolResult(
+        server=server,
+        tool=tool,
+        content=list(raw.get("content") or []),
+        structured_content=raw.get("structuredContent"),
+        is_error=bool(raw.get("isError", False)),
+        worker=str(self.request.hostname or ""),
+        duration_ms=round((time.perf_counter() - started) * 1000, 3),
+        attempts=attempts,
+    )
+
+
+@app.task(base=ListToolsTask, bind=True, name="agentful.list_tools")
+def list_tools(self: Task, server: str | None = None) -> dict[str, list[ToolInfo]]:
+    """The tools the cluster offers, by server: one server's live list, or every published one."""
+    executor = get_executor()
+    if server is not None:
+        return {server: executor.list_tools(server)}
+    out: dict[str, list[ToolInfo]] = {}
+    for name, entry in sorted(cluster_catalog(refresh=True).items()):
+        out[name] = [ToolInfo(**t.to_json()) for t in entry.tools.values()]  # type: ignore[typeddict-item]
+    for name, tools in executor.ready_tools().items():  # this worker's, if not yet published
+        out.setdefault(name, tools)
+    return out
+
+
+@app.task(name="agentful.ping")
+def ping() -> str:
+    """A no-op: the bare-Celery baseline of the benchmarks, and a liveness probe."""
+    return "pong"
+
+
+@app.task(name="agentful.health_check")
+def health_check(timeout_s: float = 5.0) -> dict[str, dict[str, object]]:
+    """Probe each MCP server of the worker that runs this: state, probe latency, restarts."""
+    return get_executor().probe(timeout_s)

@@ -1,0 +1,131 @@
+"""The JSON configuration file: which MCP servers a host runs, and the seed's `mcp` sections.
+
+The `mcp.server` / `mcp.client` sections follow the seed's configuration reference (camelCase
+keys); `servers` names each MCP server, stdio (`command`, `args`, `env`, `cwd`) or Streamable
+HTTP (`url`, `headers`). Unknown keys are errors: a typo must not silently fall back to a default.
+"""
+
+from __future__ import annotations
+
+import json
+import re
+from pathlib import Path
+from typing import Literal
+
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
+from pydantic.alias_generators import to_camel
+
+from tasks.errors import ConfigError
+
+SERVER_NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_-]{0,62}$")
+
+
+class _Section(BaseModel):
+    model_config = ConfigDict(extra="forbid", alias_generator=to_camel, populate_by_name=True, frozen=True)
+
+
+class ServerSpec(_Section):
+    """One MCP server: a stdio command, or a Streamable HTTP URL."""
+
+    command: str | None = None
+    args: list[str] = Field(default_factory=list)
+    env: dict[str, str] = Field(default_factory=dict)
+    cwd: str | None = None
+    url: str | None = None
+    headers: dict[str, str] = Field(default_factory=dict)
+    call_timeout_s: float = Field(default=60.0, gt=0, description="default timeout of one tool call")
+    start_timeout_s: float = Field(default=30.0, gt=0, description="how long connecting may take")
+
+    @model_validator(mode="after")
+    def _one_transport(self) -> ServerSpec:
+        if (self.command is None) == (self.url is None):
+            raise ValueError("give exactly one of 'command' (stdio) or 'url' (Streamable HTTP)")
+        if self.url is not None and not self.url.startswith(("http://", "https://")):
+            raise ValueError(f"url must start with http:// or https://, got {self.url!r}")
+        return self
+
+    @property
+    def transport(self) -> Literal["stdio", "http"]:
+        return "stdio" if self.command is not None else "http"
+
+
+class HealthCheckSection(_Section):
+    interval: int = Field(default=30_000, gt=0, description="ms between health checks")
+    timeout: int = Field(default=5_000, gt=0, description="ms a probe may take")
+    unhealthy_threshold: int = Field(default=3, ge=1)
+    healthy_threshold: int = Field(default=2, ge=1)
+
+
+class LoadBalancingSection(_Section):
+    algorithm: Literal["least-load", "round-robin", "weighted", "resource-based", "shared-queue"] = (
+        "shared-queue"
+    )
+    health_check: HealthCheckSection = HealthCheckSection()
+
+
+class PoolSection(_Section):
+    min: int = Field(default=1, ge=0, description="MCP sessions per server per worker process, at least")
+    max: int = Field(default=1, ge=1)
+    idle_timeout: int = Field(default=300_000, gt=0, description="ms")
+    acquire_timeout: int = Field(default=30_000, gt=0, description="ms")
+
+
+class RetrySection(_Section):
+    max_attempts: int = Field(default=3, ge=1)
+    backoff_multiplier: float = Field(default=2.0, ge=1.0)
+    initial_delay: int = Field(default=1_000, ge=0, description="ms")
+    max_delay: int = Field(default=30_000, ge=0, description="ms")
+
+
+class McpClientSection(_Section):
+    pool: PoolSection = PoolSection()
+    load_balancing: LoadBalancingSection = LoadBalancingSection()
+    retry: RetrySection = RetrySection()
+
+
+class McpServerSection(_Section):
+    name: str = "agentful-mcp"
+    version: str = "0.1.0"
+    max_request_bytes: int = Field(default=1_048_576, gt=0, description="largest arguments payload")
+
+
+class McpSection(_Section):
+    server: McpServerSection = McpServerSection()
+    client: McpClientSection = McpClientSection()
+
+
+class ConfigFile(_Section):
+    """The whole file."""
+
+    mcp: McpSection = McpSection()
+    servers: dict[str, ServerSpec] = Field(default_factory=dict)
+
+    @model_validator(mode="after")
+    def _server_names(self) -> ConfigFile:
+        for name in self.servers:
+            if not SERVER_NAME.match(name):
+                raise ValueError(
+                    f"server name {name!r} must be 1-63 letters, digits, '_' or '-' (it names a queue)"
+                )
+        return self
+
+
+def _field_path(loc: tuple[int | str, ...]) -> str:
+    return ".".join(str(p) for p in loc) or "(top level)"
+
+
+def load_config_file(path: Path) -> ConfigFile:
+    """Read and validate a config file; raise ConfigError naming the file and the bad field."""
+    try:
+        text = path.read_text(encoding="utf-8")
+    except OSError as exc:
+        raise ConfigError(f"config file {path}: cannot read it: {exc.strerror or exc}") from exc
+    try:
+        raw = json.loads(text)
+    except json.JSONDecodeError as exc:
+        raise ConfigError(f"config file {path}: not valid JSON: {exc.msg} at line {exc.lineno}") from exc
+    try:
+        return ConfigFile.model_validate(raw)
+    except ValidationError as exc:
+        problems = "; ".join(f"{_field_path(e['loc'])}: {e['msg']}" for e in exc.errors())
+        raise ConfigError(f"config file {path}: {problems}") from exc

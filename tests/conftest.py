@@ -1,0 +1,145 @@
+"""Shared test setup: a real embedded Valkey, real MCP servers, real `celery worker` processes.
+
+The environment (broker URL, config file, data dir) is set here, before any test imports
+`tasks`, because celeryconfig reads it once. A real service that is missing skips locally and
+fails under CI (CI=true).
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import socket
+import subprocess
+import sys
+import tempfile
+import time
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+ROOT = Path(__file__).resolve().parent.parent
+EVERYTHING = ROOT / "node_modules" / "@modelcontextprotocol" / "server-everything" / "dist" / "index.js"
+IN_CI = os.environ.get("CI", "").lower() == "true"
+DATA_DIR = Path(tempfile.mkdtemp(prefix="agentful-tests-"))
+
+
+def need(condition: bool, why: str) -> None:
+    """Skip locally, fail under CI, when a real service or peer is missing."""
+    if not condition:
+        if IN_CI:
+            pytest.fail(f"required under CI: {why}")
+        pytest.skip(why)
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+def port_open(host: str, port: int) -> bool:
+    with socket.socket() as s:
+        s.settimeout(0.5)
+        return s.connect_ex((host, port)) == 0
+
+
+def make_repo(path: Path) -> Path:
+    env = {**os.environ, "GIT_AUTHOR_NAME": "t", "GIT_AUTHOR_EMAIL": "t@example.invalid"}
+    env |= {"GIT_COMMITTER_NAME": "t", "GIT_COMMITTER_EMAIL": "t@example.invalid"}
+    path.mkdir(parents=True, exist_ok=True)
+    subprocess.run(["git", "init", "-q"], cwd=path, check=True, env=env)
+    (path / "a.txt").write_text("a\n")
+    subprocess.run(["git", "add", "."], cwd=path, check=True, env=env)
+    subprocess.run(["git", "commit", "-q", "-m", "first"], cwd=path, check=True, env=env)
+    return path
+
+
+HTTP_PORT = free_port()
+REPO = make_repo(DATA_DIR / "repo")
+HAS_NODE = shutil.which("node") is not None and EVERYTHING.exists()
+
+SERVERS: dict[str, Any] = {
+    "time": {"command": sys.executable, "args": ["-m", "mcp_server_time", "--local-timezone", "UTC"]},
+    "git": {"command": sys.executable, "args": ["-m", "mcp_server_git", "--repository", str(REPO)]},
+    # Never answers initialize: a server that hangs at start.
+    "hangs": {"command": sys.executable, "args": ["-c", "import time; time.sleep(3600)"], "startTimeoutS": 2},
+    # Exits at once with a message on stderr: a server that fails to start.
+    "crashes": {
+        "command": sys.executable,
+        "args": ["-c", "import sys; sys.exit('boom: MCP_TOKEN is not set')"],
+    },
+    "missing": {"command": "/nonexistent/bin/mcp-server"},
+}
+if HAS_NODE:
+    SERVERS["everything"] = {"command": "node", "args": [str(EVERYTHING), "stdio"]}
+    SERVERS["everything-http"] = {"url": f"http://127.0.0.1:{HTTP_PORT}/mcp"}
+CONFIG = {"mcp": {"server": {"maxRequestBytes": 65536}}, "servers": SERVERS}
+(DATA_DIR / "config.json").write_text(json.dumps(CONFIG, indent=2))
+
+
+def _start_broker() -> Any:
+    from cli.broker import EmbeddedBroker
+    from tasks.settings import Settings
+
+    broker = EmbeddedBroker(Settings(data_dir=DATA_DIR))
+    broker.start()
+    return broker
+
+
+os.environ.pop("AGENTFUL_SERVERS", None)
+os.environ["AGENTFUL_DATA_DIR"] = str(DATA_DIR)
+os.environ["AGENTFUL_CONFIG"] = str(DATA_DIR / "config.json")
+BROKER = _start_broker()
+os.environ["AGENTFUL_BROKER_URL"] = str(BROKER.url)
+
+
+def pytest_sessionfinish(session: pytest.Session, exitstatus: int) -> None:
+    BROKER.stop()
+
+
+@pytest.fixture(scope="session")
+def everything_http() -> Iterator[str]:
+    """server-everything over Streamable HTTP on a free loopback port ("" without Node)."""
+    if not HAS_NODE:
+        yield ""
+        return
+    env = {**os.environ, "PORT": str(HTTP_PORT)}
+    proc = subprocess.Popen(
+        ["node", str(EVERYTHING), "streamableHttp"],
+        env=env,
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+    )
+    deadline = time.monotonic() + 20
+    while not port_open("127.0.0.1", HTTP_PORT):
+        assert time.monotonic() < deadline, "server-everything HTTP did not listen within 20 s"
+        assert proc.poll() is None, "server-everything HTTP exited at start"
+        time.sleep(0.1)
+    yield f"http://127.0.0.1:{HTTP_PORT}/mcp"
+    proc.terminate()
+    proc.wait(timeout=10)
+
+
+@pytest.fixture(scope="session")
+def cluster(everything_http: str) -> Iterator[list[Any]]:
+    """Two real `celery worker` processes (threads pool) running every configured server."""
+    from tasks import app
+    from workers.launcher import WorkerProcess, wait_for
+
+    logs = DATA_DIR / "logs"
+    logs.mkdir(exist_ok=True)
+    workers = [WorkerProcess(f"t{i}@%h", list(SERVERS), log_path=logs / f"t{i}.log").start() for i in (1, 2)]
+    host = socket.gethostname()
+
+    def up() -> bool:
+        replies = app.control.ping(timeout=0.5) or []
+        return {f"t1@{host}", f"t2@{host}"} <= {k for r in replies for k in r}
+
+    assert wait_for(up, 60), f"workers did not answer ping; logs in {logs}"
+    yield workers
+    for w in workers:
+        w.stop()

@@ -1,0 +1,173 @@
+"""A worker process's MCP runtime: one asyncio loop thread that owns every server session.
+
+Celery runs tasks on its pool's threads or processes; each process has one SessionHub, made
+after fork. Tasks hand calls to the hub's loop and wait on a future with a bound, so many calls
+can be in flight on one session at once (thread pool) and the process-init hook never blocks.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import concurrent.futures
+import logging
+import os
+import threading
+from collections.abc import Coroutine
+from typing import Any, TypeVar
+
+import anyio
+
+from tasks.catalog import CatalogStore, ServerTools
+from tasks.config_file import ConfigFile
+from tasks.contracts import ToolInfo
+from tasks.errors import ToolTimeoutError, UnknownServerError
+from workers.session import ServerSession
+
+log = logging.getLogger(__name__)
+T = TypeVar("T")
+
+# How much longer than a call's own timeout a task waits for the loop before giving up:
+# covers a restart (backoff + reconnect) inside the call.
+_WAIT_MARGIN_S = 5.0
+
+
+class SessionHub:
+    def __init__(
+        self,
+        config: ConfigFile,
+        servers: list[str],
+        *,
+        log_dir: Any,
+        store: CatalogStore | None,
+        worker: str,
+    ) -> None:
+        self.pid = os.getpid()
+        self.config = config
+        self.store = store
+        self.worker = worker
+        self.sessions = {
+            name: ServerSession(
+                name, config.servers[name], log_dir=log_dir, on_tools=self._publish, worker=worker
+            )
+            for name in servers
+        }
+        self._loop = asyncio.new_event_loop()
+        self._thread = threading.Thread(target=self._run_loop, name="agentful-mcp-loop", daemon=True)
+        self._started = threading.Event()
+        self._owners: list[concurrent.futures.Future[None]] = []
+
+    # --- lifecycle -------------------------------------------------------------------------
+
+    def start(self) -> None:
+        """Start the loop thread and schedule every session's connect; returns at once."""
+        self._thread.start()
+        self._started.wait(5.0)
+        for session in self.sessions.values():
+            self._owners.append(asyncio.run_coroutine_threadsafe(session.run(), self._loop))
+
+    def _run_loop(self) -> None:
+        asyncio.set_event_loop(self._loop)
+        self._loop.call_soon(self._started.set)
+        self._loop.run_forever()
+
+    def close(self, timeout_s: float = 5.0) -> None:
+        """Stop every session (their servers exit) and the loop; bounded."""
+        if not self._thread.is_alive():
+            return
+        for session in self.sessions.values():
+            self._loop.call_soon_threadsafe(session.stop)
+        concurrent.futures.wait(self._owners, timeout=timeout_s)
+        self._loop.call_soon_threadsafe(self._loop.stop)
+        self._thread.join(timeout=1.0)
+
+    async def _publish(self, entry: ServerTools) -> None:
+        if self.store is not None:
+            await anyio.to_thread.run_sync(self.store.publish, entry)
+
+    # --- the executor API (called from task threads) ---------------------------------------
+
+    def _run(self, coro: Coroutine[Any, Any, T], wait_s: float) -> T:
+        future = asyncio.run_coroutine_threadsafe(coro, self._loop)
+        try:
+            return future.result(timeout=wait_s)
+        except concurrent.futures.TimeoutError:
+            future.cancel()
+            raise ToolTimeoutError(f"the worker's MCP runtime did not answer within {wait_s:.1f} s") from None
+
+    def _session(self, server: str) -> ServerSession:
+        session = self.sessions.get(server)
+        if session is None:
+            raise UnknownServerError(
+                f"this worker ({self.worker}) does not run MCP server {server!r}; it runs: "
+                f"{', '.join(self.sessions) or 'none'}"
+            )
+        return session
+
+    def call_tool(
+        self,
+        server: str,
+        tool: str,
+        arguments: dict[str, Any],
+        *,
+        timeout_s: float | None,
+        meta: dict[str, Any] | None,
+    ) -> tuple[dict[str, Any], int]:
+        session = self._session(server)
+        timeout = timeout_s if timeout_s is not None else session.spec.call_timeout_s
+        wait_s = 2 * timeout + session.spec.start_timeout_s + _WAIT_MARGIN_S
+
+        async def run() -> tuple[dict[str, Any], int]:
+            result, attempts = await session.call(tool, arguments, timeout_s=timeout, meta=meta)
+            return result.model_dump(mode="json", by_alias=True, exclude_none=True), attempts
+
+        return self._run(run(), wait_s)
+
+    def list_tools(self, server: str) -> list[ToolInfo]:
+        session = self._session(server)
+        tools = self._run(session.list_tools(), session.spec.start_timeout_s + _WAIT_MARGIN_S)
+        return [ToolInfo(**t.to_json()) for t in tools.values()]  # type: ignore[typeddict-item]
+
+    def ready_tools(self) -> dict[str, list[ToolInfo]]:
+        return {
+            name: [ToolInfo(**t.to_json()) for t in s.tools.values()]  # type: ignore[typeddict-item]
+            for name, s in self.sessions.items()
+            if s.state == "ready"
+        }
+
+    def servers(self) -> list[str]:
+        return list(self.sessions)
+
+    def probe(self, timeout_s: float) -> dict[str, dict[str, object]]:
+        async def one(session: ServerSession) -> dict[str, object]:
+            out: dict[str, object] = {"state": session.state, "restarts": session.restarts}
+            try:
+                out["latency_ms"] = round(await session.probe(timeout_s) * 1000, 3)
+                out["healthy"] = True
+            except Exception as exc:
+                out |= {"healthy": False, "error": str(exc) or type(exc).__name__}
+            return out
+
+        async def all_() -> dict[str, dict[str, object]]:
+            results: dict[str, dict[str, object]] = {}
+
+            async def run(name: str, session: ServerSession) -> None:
+                results[name] = await one(session)
+
+            async with anyio.create_task_group() as tg:
+                for name, session in self.sessions.items():
+                    tg.start_soon(run, name, session)
+            return results
+
+        return self._run(all_(), timeout_s + _WAIT_MARGIN_S)
+
+    def status(self) -> dict[str, dict[str, Any]]:
+        return {
+            name: {
+                "state": s.state,
+                "tools": len(s.tools),
+                "restarts": s.restarts,
+                "in_flight": s.in_flight,
+                "last_error": s.last_error,
+            }
+            for name, s in self.sessions.items()
+        }

@@ -1,0 +1,352 @@
+"""One persistent MCP session to one server, owned by one task on the worker's event loop.
+
+The owner task connects, lists the tools, then waits; when the connection is lost (the server
+crashed, the HTTP server went away) it reconnects with backoff. Calls run concurrently on the
+live session; a call interrupted by a crash is retried once on the new session. The SDK's
+context managers are entered and exited by the owner task only (they must be).
+"""
+
+from __future__ import annotations
+
+import logging
+import math
+import os
+import shutil
+import time
+from collections.abc import AsyncIterator, Awaitable, Callable
+from contextlib import AsyncExitStack, asynccontextmanager
+from pathlib import Path
+from typing import Any, Literal, TextIO
+
+import anyio
+import httpx2
+from mcp import Client, StdioServerParameters
+from mcp.client.stdio import stdio_client
+from mcp.client.streamable_http import streamable_http_client
+from mcp.shared.exceptions import MCPError
+from mcp.types import CONNECTION_CLOSED, INVALID_PARAMS, METHOD_NOT_FOUND, CallToolResult, Implementation
+
+from tasks.catalog import ServerTools, ToolSpec
+from tasks.config_file import ServerSpec
+from tasks.errors import (
+    InvalidArgumentsError,
+    ServerCrashedError,
+    ServerNotReadyError,
+    ServerStartError,
+    ToolProtocolError,
+    ToolTimeoutError,
+    UnknownToolError,
+)
+from tasks.validation import check_against_schema
+from workers.guard import guarded_command
+
+log = logging.getLogger(__name__)
+
+State = Literal["starting", "ready", "restarting", "failed", "stopped"]
+CLIENT_INFO = Implementation(name="agentful-mcp", version="0.1.0")
+
+
+def restart_delay_s(failures: int, *, base_s: float = 0.1, cap_s: float = 10.0) -> float:
+    """Backoff before reconnect attempt number `failures` (0: right after a crash)."""
+    if failures <= 0:
+        return base_s
+    return float(min(cap_s, base_s * 2**failures))
+
+
+def describe(exc: BaseException) -> str:
+    """One line for an exception, unwrapping the SDK's nested ExceptionGroups."""
+    while isinstance(exc, BaseExceptionGroup) and exc.exceptions:
+        exc = exc.exceptions[0]
+    text = str(exc) or type(exc).__name__
+    return f"{type(exc).__name__}: {text}" if not isinstance(exc, MCPError) else text
+
+
+class ServerSession:
+    def __init__(
+        self,
+        name: str,
+        spec: ServerSpec,
+        *,
+        log_dir: Path,
+        on_tools: Callable[[ServerTools], Awaitable[None]] | None = None,
+        worker: str = "",
+    ) -> None:
+        self.name = name
+        self.spec = spec
+        self.log_path = log_dir / f"{name}.{os.getpid()}.log"
+        self.on_tools = on_tools
+        self.worker = worker
+        self.state: State = "starting"
+        self.client: Client | None = None
+        self.tools: dict[str, ToolSpec] = {}
+        self.last_error: str | None = None
+        self.restarts = 0
+        self.failures = 0
+        self.in_flight = 0
+        self._stopping = False
+        self._lost = False
+        self._wake: anyio.Event | None = None
+        self._changed: anyio.Event | None = None
+
+    # --- owner task ------------------------------------------------------------------------
+
+    async def run(self) -> None:
+        """Connect, serve, reconnect after a loss; return when stop() is called."""
+        self._changed = anyio.Event()
+        while not self._stopping:
+            self._wake = anyio.Event()
+            self._lost = False
+            connected = False
+            try:
+                # One scope spans connect and serve (the SDK's task groups must be exited in the
+                # scope they were entered in); its deadline bounds the connect, then is lifted.
+                with anyio.CancelScope(deadline=anyio.current_time() + self.spec.start_timeout_s) as scope:
+                    async with AsyncExitStack() as stack:
+                        client = await stack.enter_async_context(self._client(stack))
+                        tools = await self._list_tools(client)
+                        scope.deadline = math.inf
+                        connected = True
+                        self.client, self.tools, self.failures = client, tools, 0
+                        self.last_error = None
+                        self._set_state("ready")
+                        log.info("MCP server %s ready: %d tools", self.name, len(tools))
+                        await self._publish(tools)
+                        await self._wake.wait()
+                if scope.cancelled_caught and not connected:
+                    raise TimeoutError
+            except Exception as exc:
+                self.failures += 1
+                self.last_error = self._start_error(exc)
+                log.warning("%s", self.last_error)
+            self.client = None
+            if self._stopping:
+                break
+            if self._lost:
+                self.restarts += 1
+                log.warning("MCP server %s: connection lost; restarting", self.name)
+            self._set_state("failed" if self.failures else "restarting")
+            with anyio.move_on_after(restart_delay_s(self.failures)):
+                await self._wake.wait()
+        self._set_state("stopped")
+
+    def stop(self) -> None:
+        self._stopping = True
+        if self._wake is not None:
+            self._wake.set()
+
+    def _set_state(self, state: State) -> None:
+        self.state = state
+        if self._changed is not None:
+            self._changed.set()
+            self._changed = anyio.Event()
+
+    def _mark_lost(self, client: Client) -> None:
+        """A call saw the connection die: no new call may use this client; the owner restarts."""
+        if client is self.client and self._wake is not None:
+            self._lost = True
+            self.client = None
+            self._set_state("restarting")
+            self._wake.set()
+
+    @asynccontextmanager
+    async def _client(self, stack: AsyncExitStack) -> AsyncIterator[Client]:
+        if self.spec.command is not None:
+            transport = self._stdio_transport(stack)
+        else:
+            assert self.spec.url is not None
+            http = await stack.enter_async_context(
+                httpx2.AsyncClient(headers=self.spec.headers, timeout=httpx2.Timeout(30.0, read=None))
+            )
+            transport = streamable_http_client(self.spec.url, http_client=http)
+        wake = self._wake
+        assert wake is not None
+        async with Client(_watched(transport, self, wake), client_info=CLIENT_INFO) as client:
+            yield client
+
+    def _stdio_transport(self, stack: AsyncExitStack) -> Any:
+        assert self.spec.command is not None
+        if shutil.which(self.spec.command, path=self.spec.env.get("PATH")) is None:
+            raise ServerStartError(f"command {self.spec.command!r} not found on PATH")
+        self.log_path.parent.mkdir(parents=True, exist_ok=True)
+        errlog: TextIO = stack.enter_context(self.log_path.open("a", encoding="utf-8", errors="replace"))
+        errlog.write(f"--- {time.strftime('%Y-%m-%dT%H:%M:%S')} starting {self.name} (pid {os.getpid()})\n")
+        errlog.flush()
+        command, args = guarded_command(self.spec.command, self.spec.args)
+        params = StdioServerParameters(
+            command=command, args=args, env=self.spec.env or None, cwd=self.spec.cwd
+        )
+        return stdio_client(params, errlog=errlog)
+
+    async def _list_tools(self, client: Client) -> dict[str, ToolSpec]:
+        tools: dict[str, ToolSpec] = {}
+        cursor: str | None = None
+        while True:
+            page = await client.list_tools(cursor=cursor)
+            for t in page.tools:
+                tools[t.name] = ToolSpec(t.name, t.description or "", dict(t.input_schema or {}))
+            cursor = page.next_cursor
+            if not cursor:
+                return tools
+
+    async def _publish(self, tools: dict[str, ToolSpec]) -> None:
+        if self.on_tools is None:
+            return
+        try:
+            await self.on_tools(ServerTools(self.name, tools, self.worker, time.time()))
+        except Exception as exc:  # the catalog is an optimisation; the session still serves
+            log.warning("could not publish the tools of %s: %s", self.name, describe(exc))
+
+    def _start_error(self, exc: BaseException) -> str:
+        if isinstance(exc, TimeoutError):
+            text = f"did not connect within {self.spec.start_timeout_s} s"
+        else:
+            text = describe(exc)
+        tail = self.stderr_tail()
+        where = self.spec.url or " ".join([self.spec.command or "", *self.spec.args])
+        return f"MCP server {self.name!r} ({where}) failed to start: {text}" + (
+            f"; its stderr ends: {tail}" if tail else ""
+        )
+
+    def stderr_tail(self, max_bytes: int = 400) -> str:
+        if self.spec.command is None or not self.log_path.exists():
+            return ""
+        with self.log_path.open("rb") as f:
+            f.seek(0, os.SEEK_END)
+            f.seek(max(0, f.tell() - max_bytes))
+            lines = f.read().decode(errors="replace").strip().splitlines()
+        # Only what this start wrote: from the last "--- starting" marker on.
+        for i in range(len(lines) - 1, -1, -1):
+            if lines[i].startswith("--- ") and " starting " in lines[i]:
+                lines = lines[i + 1 :]
+                break
+        return " | ".join(line.strip() for line in lines if line.strip())[-max_bytes:]
+
+    # --- callers ---------------------------------------------------------------------------
+
+    async def ready_client(self) -> Client:
+        """The live client, waiting (bounded) while the server starts or restarts."""
+        with anyio.move_on_after(self.spec.start_timeout_s):
+            while True:
+                if self.state == "ready" and self.client is not None:
+                    return self.client
+                if self.state in ("failed", "stopped"):
+                    raise ServerStartError(self.last_error or f"MCP server {self.name!r} is {self.state}")
+                assert self._changed is not None
+                await self._changed.wait()
+        raise ServerNotReadyError(
+            f"MCP server {self.name!r} did not become ready within {self.spec.start_timeout_s} s"
+        )
+
+    async def call(
+        self, tool: str, arguments: dict[str, Any], *, timeout_s: float | None, meta: dict[str, Any] | None
+    ) -> tuple[CallToolResult, int]:
+        """Call a tool; retry once on a fresh session if the server crashed under the call."""
+        timeout = timeout_s if timeout_s is not None else self.spec.call_timeout_s
+        attempts = 0
+        while True:
+            attempts += 1
+            client = await self.ready_client()
+            if tool not in self.tools:
+                offered = ", ".join(sorted(self.tools))
+                raise UnknownToolError(f"MCP server {self.name!r} has no tool {tool!r}; it offers: {offered}")
+            check_against_schema(self.name, tool, self.tools[tool].input_schema, arguments)
+            self.in_flight += 1
+            try:
+                with anyio.fail_after(timeout):
+                    return await client.call_tool(tool, arguments, meta=meta), attempts  # type: ignore[arg-type]
+            except TimeoutError:
+                raise ToolTimeoutError(
+                    f"{self.name}/{tool} did not finish within {timeout} s; the server was told to cancel it"
+                ) from None
+            except MCPError as exc:
+                if exc.code != CONNECTION_CLOSED:
+                    raise _protocol_error(self.name, tool, exc) from exc
+                crash: BaseException = exc
+            except Exception as exc:  # transport faults arrive as many types, often grouped
+                crash = exc
+            finally:
+                self.in_flight -= 1
+            self._mark_lost(client)
+            if attempts >= 2:
+                raise ServerCrashedError(
+                    f"MCP server {self.name!r} lost the connection during {tool} twice "
+                    f"({describe(crash)}); gave up after {attempts} attempts"
+                )
+            log.warning("MCP server %s crashed during %s; retrying on a new session", self.name, tool)
+
+    async def probe(self, timeout_s: float) -> float:
+        """Seconds a cheap request takes: ping where the protocol has it, else a tools listing."""
+        if self.state != "ready" or self.client is None:
+            raise ServerNotReadyError(self.last_error or f"MCP server {self.name!r} is {self.state}")
+        client = self.client
+        started = anyio.current_time()
+        with anyio.fail_after(timeout_s):
+            if client.protocol_version.startswith("2025") or client.protocol_version.startswith("2024"):
+                await client.send_ping()
+            else:
+                await client.list_tools(cache_mode="bypass")
+        return anyio.current_time() - started
+
+    async def list_tools(self) -> dict[str, ToolSpec]:
+        await self.ready_client()
+        return self.tools
+
+
+def _protocol_error(server: str, tool: str, exc: MCPError) -> Exception:
+    text = f"{server}/{tool}: the server answered with error {exc.code}: {exc.message}"
+    if exc.code == INVALID_PARAMS:
+        return InvalidArgumentsError(text)
+    if exc.code == METHOD_NOT_FOUND:
+        return UnknownToolError(text)
+    return ToolProtocolError(text)
+
+
+class _WatchedReadStream:
+    """The transport's read stream; its end (EOF, closed, broken) means the server is gone.
+
+    The SDK fails in-flight requests when the connection closes but does not tell an idle
+    owner; this proxy does, so a crashed idle server is restarted at once, not at the next call.
+    A proxy and not a relay task: it costs one Python call per message, not a task switch.
+    """
+
+    def __init__(self, inner: Any, on_end: Callable[[], None]) -> None:
+        self._inner = inner
+        self._on_end = on_end
+
+    async def receive(self) -> Any:
+        try:
+            return await self._inner.receive()
+        except (anyio.EndOfStream, anyio.ClosedResourceError, anyio.BrokenResourceError):
+            self._on_end()
+            raise
+
+    async def aclose(self) -> None:
+        await self._inner.aclose()
+
+    def __aiter__(self) -> _WatchedReadStream:
+        return self
+
+    async def __anext__(self) -> Any:
+        try:
+            return await self.receive()
+        except anyio.EndOfStream:
+            raise StopAsyncIteration from None
+
+    async def __aenter__(self) -> _WatchedReadStream:
+        return self
+
+    async def __aexit__(self, *exc: object) -> None:
+        await self.aclose()
+
+
+@asynccontextmanager
+async def _watched(transport: Any, session: ServerSession, wake: anyio.Event) -> AsyncIterator[Any]:
+    def on_end() -> None:
+        if not session._stopping and session.client is not None:
+            session._lost = True
+            session.client = None
+            session._set_state("restarting")
+        wake.set()
+
+    async with transport as (read, write):
+        yield _WatchedReadStream(read, on_end), write
