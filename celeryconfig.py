@@ -28,7 +28,8 @@ task_create_missing_queues = True
 # Nothing lost: a call is acknowledged after it ran, and a worker killed mid-call puts it back.
 task_acks_late = True
 task_reject_on_worker_lost = True
-worker_prefetch_multiplier = 4
+# Reserve at most 2 calls per slot: with long tool calls a worker must not hoard the queue.
+worker_prefetch_multiplier = 2
 broker_connection_retry_on_startup = True
 
 # A producer whose broker is down gets an error in seconds, not a hang.

@@ -103,6 +103,7 @@ def main() -> None:
         sys.exit(f"server-everything is not installed: run `npm ci` in {ROOT} (needs Node)")
 
     n_seq, n_tp, rounds = (300, 2000, 1) if args.quick else (1000, 5000, 3)
+    n_slow = 200 if args.quick else 500
     data_dir = Path(tempfile.mkdtemp(prefix="agentful-bench-"))
     broker = setup_env(data_dir, args.broker_url)
 
@@ -135,6 +136,13 @@ def main() -> None:
             print(f"round {r + 1}/{rounds}: throughput ({n_tp} calls in flight each)...", file=sys.stderr)
             figures["noop_tp"].append(throughput_per_s(noop, n_tp))
             figures["call_tp"].append(throughput_per_s(echo, n_tp))
+        print(f"slow tool: {n_slow} calls of a 100 ms tool, all in flight...", file=sys.stderr)
+        slow_args = {"duration": 0.1, "steps": 1}
+
+        def slow() -> Any:
+            return call_tool.delay("everything", "trigger-long-running-operation", slow_args)
+
+        slow_per_s = throughput_per_s(slow, n_slow)
     finally:
         worker.stop()
         if broker is not None:
@@ -158,6 +166,7 @@ def main() -> None:
         "p50_overhead_ms": round(pct(figures["call_seq"], 50) - pct(figures["noop_seq"], 50), 3),
         "direct_mcp_p50_ms": round(pct(direct_lat, 50), 3),
         "direct_mcp_per_s": round(direct_tp, 1),
+        "call_tool_100ms_tool_per_s": round(slow_per_s, 1),
         "rounds": rounds,
     }
     print(json.dumps(result))

@@ -107,6 +107,7 @@ def up(
         stopping = True
 
     signal.signal(signal.SIGTERM, _stop)
+    signal.signal(signal.SIGINT, _stop)  # also when started in the background, where SIGINT was ignored
     try:
         stack.start()
         console.print(f"broker  {stack.broker_url}" + ("  (embedded Valkey)" if stack.broker else ""))

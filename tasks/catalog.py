@@ -132,7 +132,7 @@ def _safe(url: str) -> str:
     if "@" not in url:
         return url
     scheme, _, rest = url.partition("://")
-    return f"{scheme}://***@{rest.split('@', 1)[1]}"
+    return f"{scheme}://***@{rest.rpartition('@')[2]}"  # userinfo ends at the LAST '@', as in urllib
 
 
 def safe_url(url: str) -> str:

@@ -120,6 +120,8 @@ def load_config_file(path: Path) -> ConfigFile:
         text = path.read_text(encoding="utf-8")
     except OSError as exc:
         raise ConfigError(f"config file {path}: cannot read it: {exc.strerror or exc}") from exc
+    except UnicodeDecodeError as exc:
+        raise ConfigError(f"config file {path}: not UTF-8 text (byte {exc.start})") from exc
     try:
         raw = json.loads(text)
     except json.JSONDecodeError as exc:

@@ -18,7 +18,7 @@ from tasks.errors import InvalidArgumentsError, PayloadTooLargeError, UnknownSer
 
 def encoded_size(arguments: dict[str, Any]) -> int:
     """Bytes of the arguments as JSON: what travels through the broker."""
-    return len(json.dumps(arguments, separators=(",", ":"), ensure_ascii=False).encode())
+    return len(json.dumps(arguments, separators=(",", ":"), ensure_ascii=False, allow_nan=False).encode())
 
 
 def check_arguments_shape(arguments: object, *, max_bytes: int) -> dict[str, Any]:

@@ -81,28 +81,31 @@ CONFIG = {"mcp": {"server": {"maxRequestBytes": 65536}}, "servers": SERVERS}
 (DATA_DIR / "config.json").write_text(json.dumps(CONFIG, indent=2))
 
 
-def _start_broker() -> Any:
-    from cli.broker import EmbeddedBroker
-    from tasks.settings import Settings
-
-    broker = EmbeddedBroker(Settings(data_dir=DATA_DIR))
-    broker.start()
-    return broker
-
-
+# celeryconfig reads the environment once, so the broker's URL is fixed now; the broker itself
+# starts only when a test needs it (the unit tests never do).
+BROKER_PORT = free_port()
 os.environ.pop("AGENTFUL_SERVERS", None)
+os.environ.pop("AGENTFUL_RESULT_BACKEND", None)
 os.environ["AGENTFUL_DATA_DIR"] = str(DATA_DIR)
 os.environ["AGENTFUL_CONFIG"] = str(DATA_DIR / "config.json")
-BROKER = _start_broker()
-os.environ["AGENTFUL_BROKER_URL"] = str(BROKER.url)
-
-
-def pytest_sessionfinish(session: pytest.Session, exitstatus: int) -> None:
-    BROKER.stop()
+os.environ["AGENTFUL_BROKER_URL"] = f"redis://127.0.0.1:{BROKER_PORT}/0"
 
 
 @pytest.fixture(scope="session")
-def everything_http() -> Iterator[str]:
+def broker() -> Iterator[str]:
+    """The embedded Valkey every test in this process talks to."""
+    from cli.broker import EmbeddedBroker
+    from tasks.settings import Settings
+
+    embedded = EmbeddedBroker(Settings(data_dir=DATA_DIR / "test-broker"), port=BROKER_PORT)
+    url = embedded.start()
+    assert url == os.environ["AGENTFUL_BROKER_URL"], f"broker came up at {url}"
+    yield url
+    embedded.stop()
+
+
+@pytest.fixture(scope="session")
+def everything_http(broker: str) -> Iterator[str]:
     """server-everything over Streamable HTTP on a free loopback port ("" without Node)."""
     if not HAS_NODE:
         yield ""

@@ -19,7 +19,7 @@ from tasks.routing import worker_queues
 # Measured in bench/run.py (see README "Choosing the pool"): the threads pool runs every call
 # of a process on one event loop and one session per server, with many calls in flight.
 DEFAULT_POOL = "threads"
-DEFAULT_CONCURRENCY = 8
+DEFAULT_CONCURRENCY = 16
 
 
 @dataclass
@@ -54,6 +54,8 @@ class WorkerProcess:
 
     def start(self) -> WorkerProcess:
         env = {**os.environ, **self.env, "AGENTFUL_SERVERS": ",".join(self.servers)}
+        if self.log_path:
+            self.log_path.parent.mkdir(parents=True, exist_ok=True)
         out = self.log_path.open("ab") if self.log_path else subprocess.DEVNULL
         self.proc = subprocess.Popen(
             self.command(), env=env, stdout=out, stderr=subprocess.STDOUT, start_new_session=True

@@ -50,7 +50,7 @@ def restart_delay_s(failures: int, *, base_s: float = 0.1, cap_s: float = 10.0) 
     """Backoff before reconnect attempt number `failures` (0: right after a crash)."""
     if failures <= 0:
         return base_s
-    return float(min(cap_s, base_s * 2**failures))
+    return float(min(cap_s, base_s * 2 ** min(failures, 32)))  # the exponent capped: no overflow
 
 
 def describe(exc: BaseException) -> str:

@@ -178,7 +178,13 @@ def test_a_server_killed_mid_call_is_restarted_and_the_call_retried(cluster: Any
     before = _server_pids(cluster, "index.js stdio")
     assert before, "no server-everything process found under the workers"
     running = call_tool.delay("everything", "trigger-long-running-operation", {"duration": 2, "steps": 2})
-    killer = threading.Timer(0.8, lambda: [psutil.Process(p).kill() for p in before if psutil.pid_exists(p)])
+
+    def kill_servers() -> None:
+        for pid in before:
+            if psutil.pid_exists(pid):
+                psutil.Process(pid).kill()
+
+    killer = threading.Timer(0.8, kill_servers)
     killer.start()
     result = running.get(timeout=60)
     killer.join()
