@@ -192,3 +192,21 @@ def test_a_server_killed_mid_call_is_restarted_and_the_call_retried(cluster: Any
     assert result["attempts"] == 2
     after = _server_pids(cluster, "index.js stdio")
     assert after and not set(after) & set(before)
+
+
+def test_an_idempotency_key_runs_a_call_once(cluster: Any, published: list[str]) -> None:
+    import uuid
+
+    from tasks import call_tool
+
+    key = f"commit-{uuid.uuid4()}"
+    first = call_tool.delay("time", "get_current_time", {"timezone": "UTC"}, idempotency_key=key)
+    value = first.get(timeout=30)
+    published.clear()
+    again = call_tool.delay("time", "get_current_time", {"timezone": "UTC"}, idempotency_key=key)
+    assert again.id == first.id
+    assert again.get(timeout=30) == value  # the stored result, to the microsecond of its duration
+    assert published == [], "a call whose result is stored must not be queued again"
+    other = call_tool.delay("time", "get_current_time", {"timezone": "UTC"}, idempotency_key=key + "-2")
+    assert other.id != first.id
+    other.get(timeout=30)
