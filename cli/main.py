@@ -19,7 +19,7 @@ import typer
 from rich.console import Console
 from rich.table import Table
 
-from tasks.errors import AgentfulError, ConfigError, PermanentError
+from tasks.errors import AgentfulError, BrokerUnavailableError, ConfigError, PermanentError
 from tasks.settings import get_config, get_settings, reset_caches
 
 EXIT_OK = 0
@@ -261,6 +261,63 @@ def tools(
         for t in entries:
             table.add_row(name, t["name"], (t["description"] or "").split("\n")[0][:80])
     console.print(table)
+
+
+def _status_table() -> Table:
+    from tasks.api import catalog_store
+    from tasks.registry import Registry
+    from tasks.routing import CONTROL_QUEUE, server_queue
+
+    store = catalog_store()
+    if store is None:
+        raise BrokerUnavailableError("agentful status needs a Redis or Valkey broker or result backend")
+    registry = Registry(store.url)
+    alive = registry.alive()
+    now = time.time()
+    table = Table("worker", "servers", "in flight", "reserved", "cpu %", "mem %", "beat")
+    for node, beat in sorted(alive.items()):
+        servers = ", ".join(
+            f"{name}:{h.state}" + (f" {h.latency_ms:.1f}ms" if h.latency_ms is not None else "")
+            for name, h in sorted(beat.servers.items())
+        )
+        table.add_row(
+            node,
+            servers,
+            f"{beat.in_flight}/{beat.capacity}",
+            str(beat.reserved),
+            f"{beat.cpu_percent:.0f}",
+            f"{beat.memory_percent:.0f}",
+            f"{now - beat.beat_at_s:.1f}s ago",
+        )
+    for node in registry.dead():
+        table.add_row(node, "[red]no heartbeat[/]", "", "", "", "", "dead")
+    names = sorted({s for b in alive.values() for s in b.servers} | set(get_config().servers))
+    depths = registry.queue_depths([CONTROL_QUEUE, *(server_queue(n) for n in names)])
+    table.caption = "queued: " + ", ".join(f"{q} {n}" for q, n in depths.items())
+    return table
+
+
+@app.command()
+def status(
+    watch: Annotated[bool, typer.Option("--watch", "-w", help="refresh every second until Ctrl-C")] = False,
+    config: ConfigOpt = None,
+) -> None:
+    """Show the cluster: workers, their servers, load and heartbeats, and queue depths."""
+    _setup(config)
+    from rich.live import Live
+
+    try:
+        if not watch:
+            console.print(_status_table())
+            return
+        with Live(_status_table(), console=console, refresh_per_second=2) as live:
+            while True:
+                time.sleep(1)
+                live.update(_status_table())
+    except AgentfulError as exc:
+        raise _fail(exc) from None
+    except KeyboardInterrupt:
+        return
 
 
 def main() -> None:

@@ -36,6 +36,7 @@ class Settings(BaseSettings):
     )
     result_expires_s: int = Field(default=86_400, gt=0)
     catalog_cache_s: float = Field(default=5.0, ge=0, description="how long a producer trusts its catalog")
+    heartbeat_s: float = Field(default=2.0, gt=0, description="seconds between a worker's heartbeats")
     publish_timeout_s: float = Field(default=5.0, gt=0, description="give up publishing after this long")
 
     def worker_servers(self, config: ConfigFile) -> list[str]:

@@ -15,17 +15,26 @@ import socket
 import threading
 from typing import Any
 
-from celery.signals import worker_process_init, worker_process_shutdown, worker_ready, worker_shutdown
+from celery.signals import (
+    worker_process_init,
+    worker_process_shutdown,
+    worker_ready,
+    worker_shutdown,
+    worker_shutting_down,
+)
 
 from tasks.api import catalog_store
 from tasks.contracts import set_executor_factory
+from tasks.registry import Registry, ServerHealth, worker_queue
 from tasks.settings import get_config, get_settings
+from workers.heartbeat import Heartbeat
 from workers.hub import SessionHub
 
 log = logging.getLogger(__name__)
 _hub: SessionHub | None = None
 _lock = threading.Lock()
 _node_name = ""
+_heartbeat: Heartbeat | None = None
 
 
 def get_hub() -> SessionHub:
@@ -56,11 +65,42 @@ def _on_process_init(**_: Any) -> None:
 
 @worker_ready.connect
 def _on_ready(sender: Any = None, **_: Any) -> None:
-    global _node_name
+    """Own queue, hub (unless prefork: the children have theirs), heartbeat."""
+    global _node_name, _heartbeat
     _node_name = str(getattr(sender, "hostname", "") or "")
-    pool = getattr(getattr(sender, "controller", None), "pool_cls", None)
-    if "prefork" not in str(getattr(pool, "__module__", pool)):
+    queue = worker_queue(_node_name)
+    sender.add_task_queue(queue)  # calls routed to this very worker (affinity)
+    controller = getattr(sender, "controller", None)
+    pool = getattr(controller, "pool_cls", None)
+    in_process = "prefork" not in str(getattr(pool, "__module__", pool))
+    if in_process:
         get_hub()
+    store = catalog_store()
+    if store is None:
+        log.info("no Redis broker or backend: this worker publishes no heartbeat")
+        return
+    settings, config = get_settings(), get_config()
+    names = settings.worker_servers(config)
+
+    def servers() -> dict[str, ServerHealth]:
+        if in_process:
+            return get_hub().health()
+        return {name: ServerHealth(state="in-pool-processes") for name in names}
+
+    _heartbeat = Heartbeat(
+        Registry(store.url),
+        node=_node_name,
+        queue=queue,
+        capacity=int(getattr(controller, "concurrency", 1) or 1),
+        interval_s=settings.heartbeat_s,
+        servers=servers,
+    ).start()
+
+
+@worker_shutting_down.connect
+def _on_shutting_down(**_: Any) -> None:
+    if _heartbeat is not None:
+        _heartbeat.stop()
 
 
 @worker_process_shutdown.connect

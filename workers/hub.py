@@ -21,6 +21,7 @@ from tasks.catalog import CatalogStore, ServerTools
 from tasks.config_file import ConfigFile
 from tasks.contracts import ToolInfo
 from tasks.errors import ToolTimeoutError, UnknownServerError
+from tasks.registry import ServerHealth
 from workers.session import ServerSession
 
 log = logging.getLogger(__name__)
@@ -160,14 +161,17 @@ class SessionHub:
 
         return self._run(all_(), timeout_s + _WAIT_MARGIN_S)
 
-    def status(self) -> dict[str, dict[str, Any]]:
+    def health(self) -> dict[str, ServerHealth]:
+        """Each session's state and counters, read without the loop (plain attribute reads)."""
         return {
-            name: {
-                "state": s.state,
-                "tools": len(s.tools),
-                "restarts": s.restarts,
-                "in_flight": s.in_flight,
-                "last_error": s.last_error,
-            }
+            name: ServerHealth(
+                state=s.state,
+                tools=len(s.tools),
+                restarts=s.restarts,
+                in_flight=s.in_flight,
+                calls=s.calls,
+                errors=s.errors,
+                latency_ms=None if s.latency_ms is None else round(s.latency_ms, 3),
+            )
             for name, s in self.sessions.items()
         }

@@ -83,6 +83,9 @@ class ServerSession:
         self.restarts = 0
         self.failures = 0
         self.in_flight = 0
+        self.calls = 0
+        self.errors = 0  # transport faults and timeouts; a tool's own is_error is not one
+        self.latency_ms: float | None = None  # moving average of successful calls
         self._stopping = False
         self._lost = False
         self._wake: anyio.Event | None = None
@@ -125,6 +128,10 @@ class ServerSession:
                 self.restarts += 1
                 log.warning("MCP server %s: connection lost; restarting", self.name)
             self._set_state("failed" if self.failures else "restarting")
+            # A fresh event: the old one was set by the loss itself, and would skip the backoff.
+            self._wake = anyio.Event()
+            if self._stopping:
+                break
             with anyio.move_on_after(restart_delay_s(self.failures)):
                 await self._wake.wait()
         self._set_state("stopped")
@@ -251,10 +258,15 @@ class ServerSession:
                 raise UnknownToolError(f"MCP server {self.name!r} has no tool {tool!r}; it offers: {offered}")
             check_against_schema(self.name, tool, self.tools[tool].input_schema, arguments)
             self.in_flight += 1
+            self.calls += 1
+            started = anyio.current_time()
             try:
                 with anyio.fail_after(timeout):
-                    return await client.call_tool(tool, arguments, meta=meta), attempts  # type: ignore[arg-type]
+                    result = await client.call_tool(tool, arguments, meta=meta)  # type: ignore[arg-type]
+                self._observe_latency((anyio.current_time() - started) * 1000)
+                return result, attempts
             except TimeoutError:
+                self.errors += 1
                 raise ToolTimeoutError(
                     f"{self.name}/{tool} did not finish within {timeout} s; the server was told to cancel it"
                 ) from None
@@ -266,6 +278,7 @@ class ServerSession:
                 crash = exc
             finally:
                 self.in_flight -= 1
+            self.errors += 1
             self._mark_lost(client)
             if attempts >= 2:
                 raise ServerCrashedError(
@@ -273,6 +286,9 @@ class ServerSession:
                     f"({describe(crash)}); gave up after {attempts} attempts"
                 )
             log.warning("MCP server %s crashed during %s; retrying on a new session", self.name, tool)
+
+    def _observe_latency(self, ms: float, weight: float = 0.1) -> None:
+        self.latency_ms = ms if self.latency_ms is None else (1 - weight) * self.latency_ms + weight * ms
 
     async def probe(self, timeout_s: float) -> float:
         """Seconds a cheap request takes: ping where the protocol has it, else a tools listing."""

@@ -1,0 +1,106 @@
+"""The worker registry: who is alive, what they run, how loaded they are.
+
+Each worker publishes a heartbeat every `heartbeat_s` (default 2 s): a JSON entry under
+`agentful:worker:<node>` that expires after three missed beats, and its node in the sorted set
+`agentful:workers` scored by the time of its last beat (so a worker that stopped beating is
+still known, as dead, to whoever must move its calls). Producers and `agentful status` read it.
+"""
+
+from __future__ import annotations
+
+import json
+from dataclasses import asdict, dataclass, field
+from typing import Any
+
+import redis
+
+from tasks.errors import BrokerUnavailableError
+
+WORKERS_KEY = "agentful:workers"
+ENTRY_PREFIX = "agentful:worker:"
+FORGET_AFTER_S = 3600.0  # a dead worker's node stays listed this long
+
+
+@dataclass(frozen=True)
+class ServerHealth:
+    state: str
+    tools: int = 0
+    restarts: int = 0
+    in_flight: int = 0
+    calls: int = 0
+    errors: int = 0
+    latency_ms: float | None = None
+
+
+@dataclass(frozen=True)
+class WorkerBeat:
+    """One heartbeat of one worker."""
+
+    node: str
+    queue: str
+    pid: int
+    capacity: int
+    in_flight: int
+    reserved: int
+    cpu_percent: float
+    memory_percent: float
+    beat_at_s: float
+    servers: dict[str, ServerHealth] = field(default_factory=dict)
+
+    def to_json(self) -> str:
+        return json.dumps(asdict(self))
+
+    @classmethod
+    def from_json(cls, text: str | bytes) -> WorkerBeat:
+        raw: dict[str, Any] = json.loads(text)
+        raw["servers"] = {k: ServerHealth(**v) for k, v in raw.get("servers", {}).items()}
+        return cls(**raw)
+
+
+def worker_queue(node: str) -> str:
+    """The queue only this worker consumes."""
+    return f"worker.{node}"
+
+
+class Registry:
+    def __init__(self, url: str, *, timeout_s: float = 3.0) -> None:
+        self.url = url
+        self._client = redis.Redis.from_url(url, socket_connect_timeout=timeout_s, socket_timeout=timeout_s)
+
+    def publish(self, beat: WorkerBeat, *, ttl_s: float) -> None:
+        pipe = self._client.pipeline(transaction=False)
+        pipe.set(ENTRY_PREFIX + beat.node, beat.to_json(), px=int(ttl_s * 1000))
+        pipe.zadd(WORKERS_KEY, {beat.node: beat.beat_at_s})
+        pipe.zremrangebyscore(WORKERS_KEY, "-inf", beat.beat_at_s - FORGET_AFTER_S)
+        pipe.execute()
+
+    def withdraw(self, node: str) -> None:
+        """A worker stopping warmly: no new call is routed to it from now on."""
+        pipe = self._client.pipeline(transaction=False)
+        pipe.delete(ENTRY_PREFIX + node)
+        pipe.zrem(WORKERS_KEY, node)
+        pipe.execute()
+
+    def alive(self) -> dict[str, WorkerBeat]:
+        """Every worker whose last heartbeat has not expired."""
+        try:
+            nodes = [n.decode() for n in self._client.zrange(WORKERS_KEY, 0, -1)]  # type: ignore[union-attr]
+            if not nodes:
+                return {}
+            raw = self._client.mget([ENTRY_PREFIX + n for n in nodes])
+        except redis.RedisError as exc:
+            raise BrokerUnavailableError(f"cannot read the worker registry: {exc}") from exc
+        return {n: WorkerBeat.from_json(v) for n, v in zip(nodes, raw, strict=True) if v}
+
+    def dead(self) -> list[str]:
+        """Workers still listed whose entry expired: they stopped beating without withdrawing."""
+        alive = self.alive()
+        nodes = [n.decode() for n in self._client.zrange(WORKERS_KEY, 0, -1)]  # type: ignore[union-attr]
+        return [n for n in nodes if n not in alive]
+
+    def queue_depths(self, queues: list[str]) -> dict[str, int]:
+        """Messages waiting in each queue (Redis/Valkey brokers keep a queue as a list)."""
+        pipe = self._client.pipeline(transaction=False)
+        for q in queues:
+            pipe.llen(q)
+        return dict(zip(queues, (int(n) for n in pipe.execute()), strict=True))
