@@ -1,7 +1,7 @@
 """The worker registry: who is alive, what they run, how loaded they are.
 
 Each worker publishes a heartbeat every `heartbeat_s` (default 2 s): a JSON entry under
-`agentful:worker:<node>` that expires after three missed beats, and its node in the sorted set
+`agentful:worker:<node>` that expires after two missed beats (plus a second), and its node in the sorted set
 `agentful:workers` scored by the time of its last beat (so a worker that stopped beating is
 still known, as dead, to whoever must move its calls). Producers and `agentful status` read it.
 """
@@ -19,6 +19,11 @@ from tasks.errors import BrokerUnavailableError
 WORKERS_KEY = "agentful:workers"
 ENTRY_PREFIX = "agentful:worker:"
 FORGET_AFTER_S = 3600.0  # a dead worker's node stays listed this long
+
+
+def expiry_s(interval_s: float) -> float:
+    """A heartbeat entry outlives two missed beats, not three: failover within 10 s at 2 s beats."""
+    return 2 * interval_s + 1.0
 
 
 @dataclass(frozen=True)

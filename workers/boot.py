@@ -24,9 +24,12 @@ from celery.signals import (
 )
 
 from tasks.api import catalog_store
+from tasks.app import app
+from tasks.catalog import is_redis_url
 from tasks.contracts import set_executor_factory
 from tasks.registry import Registry, ServerHealth, worker_queue
 from tasks.settings import get_config, get_settings
+from workers.failover import Reaper
 from workers.heartbeat import Heartbeat
 from workers.hub import SessionHub
 
@@ -94,7 +97,12 @@ def _on_ready(sender: Any = None, **_: Any) -> None:
         capacity=int(getattr(controller, "concurrency", 1) or 1),
         interval_s=settings.heartbeat_s,
         servers=servers,
+        reaper=Reaper(str(app.conf.broker_url), node=_node_name) if _redis_broker() else None,
     ).start()
+
+
+def _redis_broker() -> bool:
+    return is_redis_url(str(app.conf.broker_url))
 
 
 @worker_shutting_down.connect

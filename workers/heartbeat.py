@@ -1,7 +1,9 @@
 """The worker's heartbeat: every `heartbeat_s` it tells the registry it is alive and how it is.
 
 A daemon thread in the worker's main process (where Celery's own request state lives). On a
-warm shutdown it withdraws the entry at once, so producers stop routing calls to it.
+warm shutdown it withdraws the entry at once, so producers stop routing calls to it. It also
+publishes the delivery tags of the calls it holds, and reaps workers whose heartbeat expired
+(workers/failover.py).
 """
 
 from __future__ import annotations
@@ -14,9 +16,11 @@ from collections.abc import Callable
 
 import psutil
 
-from tasks.registry import Registry, ServerHealth, WorkerBeat
+from tasks.registry import Registry, ServerHealth, WorkerBeat, expiry_s
+from workers.failover import Reaper
 
 log = logging.getLogger(__name__)
+HELD_TICK_S = 0.2  # how often the held delivery tags are compared and, if changed, published
 
 
 class Heartbeat:
@@ -29,6 +33,7 @@ class Heartbeat:
         capacity: int,
         interval_s: float,
         servers: Callable[[], dict[str, ServerHealth]],
+        reaper: Reaper | None = None,
     ) -> None:
         self.registry = registry
         self.node = node
@@ -36,6 +41,8 @@ class Heartbeat:
         self.capacity = capacity
         self.interval_s = interval_s
         self.servers = servers
+        self.reaper = reaper
+        self._held: list[str] = []
         self._stop = threading.Event()
         self._thread = threading.Thread(target=self._run, name="agentful-heartbeat", daemon=True)
         psutil.cpu_percent(interval=None)  # the first reading is meaningless; prime it
@@ -60,15 +67,40 @@ class Heartbeat:
             beat_at_s=time.time(),
             servers=self.servers(),
         )
-        self.registry.publish(beat, ttl_s=3 * self.interval_s)
+        self.registry.publish(beat, ttl_s=expiry_s(self.interval_s))
         return beat
 
-    def _run(self) -> None:
-        while not self._stop.wait(self.interval_s):
+    def held_tags(self) -> list[str]:
+        """Delivery tags of every call this worker holds (reserved or running)."""
+        from celery.worker import state
+
+        for _ in range(3):  # the consumer thread mutates the set; copy it, retrying a torn read
             try:
-                self.beat()
+                requests = list(state.reserved_requests)
+                break
+            except RuntimeError:
+                continue
+        else:
+            return self._held
+        return sorted(str(r.message.delivery_tag) for r in requests if r.message is not None)
+
+    def _run(self) -> None:
+        next_beat = time.monotonic() + self.interval_s
+        while not self._stop.wait(HELD_TICK_S):
+            try:
+                if self.reaper is not None:
+                    tags = self.held_tags()
+                    if tags != self._held:
+                        self.reaper.publish_held(self.node, tags)
+                        self._held = tags
+                if time.monotonic() >= next_beat:
+                    next_beat += self.interval_s
+                    self.beat()
+                    if self.reaper is not None:
+                        for dead in self.registry.dead():
+                            self.reaper.reap(dead)
             except Exception as exc:  # a broker blip must not kill the heartbeat
-                log.warning("heartbeat of %s not published: %s", self.node, exc)
+                log.warning("heartbeat of %s: %s", self.node, exc)
 
     def stop(self) -> None:
         """Stop beating and withdraw: new calls stop coming here."""
