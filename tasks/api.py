@@ -10,6 +10,7 @@ payload, no broker) and raises at once; on the worker it runs on a persistent MC
 from __future__ import annotations
 
 import hashlib
+import threading
 import time
 from typing import Any
 
@@ -22,6 +23,9 @@ from tasks.app import app
 from tasks.catalog import CachedCatalog, RedisCatalogStore, ServerTools, is_redis_url, safe_url
 from tasks.contracts import ToolInfo, ToolResult, get_executor
 from tasks.errors import BrokerUnavailableError, UnknownServerError
+from tasks.registry import Registry
+from tasks.router import ClusterRouter, RedisAffinity
+from tasks.routing import server_queue, use_cluster_router
 from tasks.settings import NO_BROKER_URL, get_config, get_settings
 from tasks.validation import check_arguments_shape, check_call
 
@@ -58,6 +62,36 @@ def _catalog_for(server: object, tool: object) -> dict[str, ServerTools]:
     if entry is None or tool not in entry.tools:
         catalog = cluster_catalog(max_age_s=_RECHECK_AGE_S)
     return catalog
+
+
+_router: ClusterRouter | None = None
+_router_lock = threading.Lock()
+
+
+def _route(server: str, project_id: str | None) -> str:
+    """The queue for a call (installed as the cluster router of `tasks.routing`)."""
+    global _router
+    if _router is None:
+        store = catalog_store()
+        if store is None:  # no Redis anywhere: no registry, every call on its shared queue
+            return server_queue(server)
+        with _router_lock:
+            if _router is None:
+                settings = get_settings()
+                client = redis.Redis.from_url(store.url, socket_connect_timeout=3, socket_timeout=5)
+                _router = ClusterRouter(
+                    Registry(store.url),
+                    RedisAffinity(client, ttl_s=settings.affinity_ttl_s),
+                    algorithm=get_config().mcp.client.load_balancing.algorithm,
+                    cache_s=settings.route_cache_s,
+                )
+    try:
+        return _router.queue_for(server, project_id)
+    except (redis.RedisError, BrokerUnavailableError):
+        return server_queue(server)  # the publish that follows says what is wrong with the broker
+
+
+use_cluster_router(_route)
 
 
 def _require_broker() -> None:

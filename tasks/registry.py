@@ -9,6 +9,7 @@ still known, as dead, to whoever must move its calls). Producers and `agentful s
 from __future__ import annotations
 
 import json
+import time
 from dataclasses import asdict, dataclass, field
 from typing import Any
 
@@ -80,11 +81,13 @@ class Registry:
         pipe.execute()
 
     def withdraw(self, node: str) -> None:
-        """A worker stopping warmly: no new call is routed to it from now on."""
-        pipe = self._client.pipeline(transaction=False)
-        pipe.delete(ENTRY_PREFIX + node)
-        pipe.zrem(WORKERS_KEY, node)
-        pipe.execute()
+        """A worker stopping warmly: no new call is routed to it from now on.
+
+        Its node stays listed (as not alive) so that, after the grace period, a live worker
+        drains whatever reached its own queue late (producers' registry copies are up to
+        `route_cache_s` old, and the calls it held are handed back there on shutdown).
+        """
+        self._client.delete(ENTRY_PREFIX + node)
 
     def alive(self) -> dict[str, WorkerBeat]:
         """Every worker whose last heartbeat has not expired."""
@@ -97,11 +100,12 @@ class Registry:
             raise BrokerUnavailableError(f"cannot read the worker registry: {exc}") from exc
         return {n: WorkerBeat.from_json(v) for n, v in zip(nodes, raw, strict=True) if v}
 
-    def dead(self) -> list[str]:
-        """Workers still listed whose entry expired: they stopped beating without withdrawing."""
+    def dead(self, *, grace_s: float = 0.0, now_s: float | None = None) -> list[str]:
+        """Workers still listed, not alive, whose last beat is at least `grace_s` old."""
+        now = time.time() if now_s is None else now_s
         alive = self.alive()
-        nodes = [n.decode() for n in self._client.zrange(WORKERS_KEY, 0, -1)]  # type: ignore[union-attr]
-        return [n for n in nodes if n not in alive]
+        listed: list[tuple[bytes, float]] = self._client.zrange(WORKERS_KEY, 0, -1, withscores=True)  # type: ignore[assignment]
+        return [n.decode() for n, at in listed if n.decode() not in alive and now - at >= grace_s]
 
     def queue_depths(self, queues: list[str]) -> dict[str, int]:
         """Messages waiting in each queue (Redis/Valkey brokers keep a queue as a list)."""

@@ -1,12 +1,14 @@
 """Queue names and the Celery router: plain `.delay()` calls land on the right queue.
 
-Every call for server S goes to the shared queue `mcp.S`, consumed by each worker that runs S;
-an idle worker takes the next call. Control tasks (`list_tools` of the whole cluster) go to
-`agentful`, which every worker consumes.
+A call for server S goes to the shared queue `mcp.S`, consumed by each worker that runs S (an
+idle worker takes the next call), or, with a project affinity or a load-balancing algorithm
+other than "shared-queue", to one worker's own queue `worker.<node>` (tasks/router.py).
+Control tasks (`list_tools` of the whole cluster) go to `agentful`, which every worker consumes.
 """
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from typing import Any
 
 CONTROL_QUEUE = "agentful"
@@ -33,9 +35,21 @@ def _server_of(args: Any, kwargs: Any) -> str | None:
 def route_task(
     name: str, args: Any, kwargs: Any, options: Any, task: Any = None, **kw: Any
 ) -> dict[str, Any]:
-    """Celery `task_routes` function."""
+    """Celery `task_routes` function: calls by affinity and load, the rest to the control queue."""
     if name in ("agentful.call_tool", "agentful.list_tools"):
         server = _server_of(args, kwargs)
         if server:
+            if name == "agentful.call_tool" and _cluster_router is not None:
+                project = kwargs.get("project_id") if kwargs else None
+                return {"queue": _cluster_router(server, project if isinstance(project, str) else None)}
             return {"queue": server_queue(server)}
     return {"queue": CONTROL_QUEUE}
+
+
+_cluster_router: Callable[[str, str | None], str] | None = None
+
+
+def use_cluster_router(router: Callable[[str, str | None], str] | None) -> None:
+    """Install the registry-aware router (the task layer does, when the broker is Redis)."""
+    global _cluster_router
+    _cluster_router = router

@@ -36,6 +36,10 @@ class Settings(BaseSettings):
     )
     result_expires_s: int = Field(default=86_400, gt=0)
     catalog_cache_s: float = Field(default=5.0, ge=0, description="how long a producer trusts its catalog")
+    affinity_ttl_s: float = Field(default=3600.0, gt=0, description="how long a project stays on a worker")
+    route_cache_s: float = Field(
+        default=1.0, ge=0, description="how long a producer trusts its registry copy"
+    )
     heartbeat_s: float = Field(default=2.0, gt=0, description="seconds between a worker's heartbeats")
     publish_timeout_s: float = Field(default=5.0, gt=0, description="give up publishing after this long")
 

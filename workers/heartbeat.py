@@ -97,7 +97,7 @@ class Heartbeat:
                     next_beat += self.interval_s
                     self.beat()
                     if self.reaper is not None:
-                        for dead in self.registry.dead():
+                        for dead in self.registry.dead(grace_s=expiry_s(self.interval_s)):
                             self.reaper.reap(dead)
             except Exception as exc:  # a broker blip must not kill the heartbeat
                 log.warning("heartbeat of %s: %s", self.node, exc)
@@ -107,5 +107,7 @@ class Heartbeat:
         self._stop.set()
         try:
             self.registry.withdraw(self.node)
+            if self.reaper is not None:
+                self.reaper.publish_held(self.node, [])  # what it holds is handed back, not lost
         except Exception as exc:
             log.warning("could not withdraw %s from the registry: %s", self.node, exc)

@@ -2,11 +2,38 @@
 
 from __future__ import annotations
 
+from collections.abc import Iterator
 from typing import Any
 
 import pytest
 
-from tasks.routing import CONTROL_QUEUE, route_task, server_queue, worker_queues
+import tasks.routing
+from tasks.routing import CONTROL_QUEUE, route_task, server_queue, use_cluster_router, worker_queues
+
+
+@pytest.fixture(autouse=True)
+def no_cluster_router() -> Iterator[None]:
+    """These tests are of the static routes; the registry-aware router is tested on its own."""
+    saved = tasks.routing._cluster_router
+    use_cluster_router(None)
+    yield
+    use_cluster_router(saved)
+
+
+def test_an_installed_cluster_router_decides_call_tool_queues() -> None:
+    seen: list[tuple[str, str | None]] = []
+
+    def router(server: str, project: str | None) -> str:
+        seen.append((server, project))
+        return f"worker.w-{project}"
+
+    use_cluster_router(router)
+    assert route_task("agentful.call_tool", ("git", "t", {}), {"project_id": "p1"}, {}) == {
+        "queue": "worker.w-p1"
+    }
+    assert route_task("agentful.call_tool", ("git", "t", {}), {}, {}) == {"queue": "worker.w-None"}
+    assert route_task("agentful.list_tools", ("git",), {}, {}) == {"queue": "mcp.git"}
+    assert seen == [("git", "p1"), ("git", None)]
 
 
 def test_queue_names() -> None:

@@ -1,0 +1,138 @@
+"""The cluster router: which queue a call goes to, by project affinity and load.
+
+Called by Celery's router (`task_routes`) for every call, so plain `.delay()` is routed. It
+reads the worker registry at most once per `cache_s` and a project's affinity at most once per
+`cache_s` per project: in the steady state routing costs no broker round trip, and never more
+than one. The decision itself is `tasks.policy.balancing` (pure).
+"""
+
+from __future__ import annotations
+
+import itertools
+import random
+import threading
+import time
+from typing import Protocol
+
+import redis
+
+from tasks.policy.balancing import Algorithm, WorkerView, choose_with_affinity, choose_worker
+from tasks.registry import Registry, WorkerBeat, worker_queue
+from tasks.routing import server_queue
+
+AFFINITY_PREFIX = "agentful:affinity:"
+SERVING_STATES = frozenset({"ready", "in-pool-processes"})
+
+
+def views(beats: dict[str, WorkerBeat], server: str) -> list[WorkerView]:
+    """Registry entries as the policy sees them: healthy for `server` when its session is up."""
+    out = []
+    for node, beat in sorted(beats.items()):
+        health = beat.servers.get(server)
+        if health is None:
+            continue
+        out.append(
+            WorkerView(
+                node=node,
+                servers=frozenset(beat.servers),
+                in_flight=beat.in_flight + beat.reserved,
+                capacity=max(1, beat.capacity),
+                cpu_percent=beat.cpu_percent,
+                memory_percent=beat.memory_percent,
+                healthy=health.state in SERVING_STATES,
+            )
+        )
+    return out
+
+
+class AffinityStore(Protocol):
+    def get(self, project_id: str) -> str | None: ...
+
+    def set(self, project_id: str, node: str | None) -> None: ...
+
+
+class RedisAffinity:
+    """Project -> node, shared by every producer, each entry with a TTL."""
+
+    def __init__(self, client: redis.Redis, *, ttl_s: float) -> None:
+        self._client = client
+        self.ttl_s = ttl_s
+
+    def get(self, project_id: str) -> str | None:
+        raw = self._client.get(AFFINITY_PREFIX + project_id)
+        return raw.decode() if isinstance(raw, bytes) else None
+
+    def set(self, project_id: str, node: str | None) -> None:
+        if node is None:
+            self._client.delete(AFFINITY_PREFIX + project_id)
+        else:
+            self._client.set(AFFINITY_PREFIX + project_id, node, px=int(self.ttl_s * 1000))
+
+
+class ClusterRouter:
+    def __init__(
+        self,
+        registry: Registry,
+        affinity: AffinityStore,
+        *,
+        algorithm: Algorithm,
+        cache_s: float = 1.0,
+        seed: int | None = None,
+    ) -> None:
+        self.registry = registry
+        self.affinity = affinity
+        self.algorithm = algorithm
+        self.cache_s = cache_s
+        self._rng = random.Random(seed)
+        self._counter = itertools.count()
+        self._lock = threading.Lock()
+        self._beats: dict[str, WorkerBeat] = {}
+        self._beats_at = float("-inf")
+        self._affine: dict[str, tuple[str | None, float]] = {}
+
+    def _workers(self, now: float) -> dict[str, WorkerBeat]:
+        if now - self._beats_at >= self.cache_s:
+            self._beats, self._beats_at = self.registry.alive(), now
+        return self._beats
+
+    def _affine_node(self, project_id: str, now: float) -> str | None:
+        cached = self._affine.get(project_id)
+        if cached is not None and now - cached[1] < self.cache_s:
+            return cached[0]
+        node = self.affinity.get(project_id)
+        self._affine[project_id] = (node, now)
+        return node
+
+    def queue_for(self, server: str, project_id: str | None, *, now_s: float | None = None) -> str:
+        """The queue for one call: a worker's own queue, or the server's shared queue."""
+        now = time.monotonic() if now_s is None else now_s
+        with self._lock:
+            if project_id is None and self.algorithm == "shared-queue":
+                return server_queue(server)
+            workers = views(self._workers(now), server)
+            counter = next(self._counter)
+            if project_id is None:
+                node = choose_worker(
+                    server,
+                    workers,
+                    algorithm=self.algorithm,
+                    open_breakers=frozenset(),
+                    counter=counter,
+                    rng=self._rng,
+                )
+            else:
+                affine = self._affine_node(project_id, now)
+                node, changed = choose_with_affinity(
+                    server,
+                    project_id,
+                    affine,
+                    workers,
+                    algorithm=self.algorithm,
+                    open_breakers=frozenset(),
+                    counter=counter,
+                    rng=self._rng,
+                )
+                if changed:
+                    self.affinity.set(project_id, node)
+                    self._affine[project_id] = (node, now)
+            return worker_queue(node) if node else server_queue(server)
