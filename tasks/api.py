@@ -10,6 +10,7 @@ payload, no broker) and raises at once; on the worker it runs on a persistent MC
 from __future__ import annotations
 
 import hashlib
+import random
 import threading
 import time
 from typing import Any
@@ -22,7 +23,8 @@ from celery.result import AsyncResult
 from tasks.app import app
 from tasks.catalog import CachedCatalog, RedisCatalogStore, ServerTools, is_redis_url, safe_url
 from tasks.contracts import ToolInfo, ToolResult, get_executor
-from tasks.errors import BrokerUnavailableError, UnknownServerError
+from tasks.errors import BrokerUnavailableError, TransientError, UnknownServerError
+from tasks.policy.backoff import RetryPolicy
 from tasks.registry import Registry
 from tasks.router import ClusterRouter, RedisAffinity
 from tasks.routing import server_queue, use_cluster_router
@@ -218,7 +220,11 @@ def call_tool(
     if project_id:
         meta = {**(meta or {}), "agentful/project_id": project_id}
     started = time.perf_counter()
-    raw, attempts = executor.call_tool(server, tool, args, timeout_s=timeout_s, meta=meta)
+    try:
+        raw, attempts = executor.call_tool(server, tool, args, timeout_s=timeout_s, meta=meta)
+    except TransientError as exc:
+        raise _retry_or_give_up(self, exc) from exc
+    attempts += self.request.retries
     return ToolResult(
         server=server,
         tool=tool,
@@ -229,6 +235,19 @@ def call_tool(
         duration_ms=round((time.perf_counter() - started) * 1000, 3),
         attempts=attempts,
     )
+
+
+_jitter = random.Random()
+
+
+def _retry_or_give_up(task: Task, exc: TransientError) -> BaseException:
+    """Celery's retry with the config's backoff; past the last attempt, the error says so."""
+    policy = RetryPolicy.from_config(get_config().mcp.client.retry)
+    done = task.request.retries + 1
+    if policy.should_retry(done):
+        countdown = policy.delay_s(done, _jitter)
+        return task.retry(exc=exc, countdown=countdown, max_retries=policy.max_attempts - 1)  # type: ignore[no-any-return]
+    return type(exc)(f"{exc} (gave up after {done} attempts)")
 
 
 @app.task(base=ListToolsTask, bind=True, name="agentful.list_tools")
