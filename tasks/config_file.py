@@ -2,7 +2,8 @@
 
 The `mcp.server` / `mcp.client` sections follow the seed's configuration reference (camelCase
 keys); `servers` names each MCP server, stdio (`command`, `args`, `env`, `cwd`) or Streamable
-HTTP (`url`, `headers`). Unknown keys are errors: a typo must not silently fall back to a default.
+HTTP (`url`, `headers`); `schedules` names periodic tool calls that beat submits. Unknown keys
+are errors: a typo must not silently fall back to a default.
 """
 
 from __future__ import annotations
@@ -10,9 +11,11 @@ from __future__ import annotations
 import json
 import re
 from pathlib import Path
-from typing import Literal
+from typing import Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
+from celery.schedules import ParseException
+from celery.schedules import crontab as celery_crontab
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 from pydantic.alias_generators import to_camel
 
 from tasks.errors import ConfigError
@@ -77,10 +80,16 @@ class RetrySection(_Section):
     max_delay: int = Field(default=30_000, ge=0, description="ms")
 
 
+class CircuitBreakerSection(_Section):
+    threshold: int = Field(default=5, ge=1, description="transport faults in a row that open it")
+    timeout: int = Field(default=60_000, gt=0, description="ms it stays open before one probe")
+
+
 class McpClientSection(_Section):
     pool: PoolSection = PoolSection()
     load_balancing: LoadBalancingSection = LoadBalancingSection()
     retry: RetrySection = RetrySection()
+    circuit_breaker: CircuitBreakerSection = CircuitBreakerSection()
 
 
 class McpServerSection(_Section):
@@ -94,11 +103,66 @@ class McpSection(_Section):
     client: McpClientSection = McpClientSection()
 
 
+# The five fields of a cron line, in its order, by the names of celery.schedules.crontab.
+CRON_FIELDS = ("minute", "hour", "day_of_month", "month_of_year", "day_of_week")
+# Beat's own entries: a schedule may not take their names.
+RESERVED_SCHEDULES = frozenset({"health-check"})
+
+
+def parse_crontab(line: str) -> Any:
+    """A 5-field cron line ("0 3 * * *": minute hour day-of-month month day-of-week) as Celery's
+    crontab (in Celery's timezone, UTC); ValueError naming the field that is wrong."""
+    parts = line.split()
+    if len(parts) != len(CRON_FIELDS):
+        raise ValueError(
+            f"crontab {line!r} must have 5 fields (minute hour day-of-month month day-of-week), "
+            f"got {len(parts)}"
+        )
+    fields = dict(zip(CRON_FIELDS, parts, strict=True))
+    for name, value in fields.items():
+        try:
+            celery_crontab(**{name: value})  # Celery's own parser, one field at a time
+        except (ValueError, ParseException) as exc:
+            raise ValueError(f"crontab {line!r}: {name} {value!r} is invalid: {exc}") from None
+    return celery_crontab(**fields)
+
+
+class ScheduleSpec(_Section):
+    """One periodic tool call that beat submits: every `every` seconds, or on a `crontab` line."""
+
+    server: str
+    tool: str = Field(min_length=1)
+    arguments: dict[str, Any] = Field(default_factory=dict)
+    every: float | None = Field(default=None, gt=0, allow_inf_nan=False, description="seconds")
+    crontab: str | None = Field(default=None, description="minute hour day-of-month month day-of-week, UTC")
+    priority: int | None = Field(default=None, ge=0, le=9, description="Celery's, as the broker reads it")
+
+    @field_validator("crontab")
+    @classmethod
+    def _valid_crontab(cls, line: str | None) -> str | None:
+        if line is not None:
+            parse_crontab(line)
+        return line
+
+    @model_validator(mode="after")
+    def _one_timing(self) -> ScheduleSpec:
+        if (self.every is None) == (self.crontab is None):
+            raise ValueError("give exactly one of 'every' (seconds) or 'crontab' (a 5-field cron line)")
+        return self
+
+    def celery_schedule(self) -> Any:
+        """What beat's `schedule` takes: seconds, or a celery.schedules.crontab."""
+        if self.every is not None:
+            return self.every
+        return parse_crontab(str(self.crontab))
+
+
 class ConfigFile(_Section):
     """The whole file."""
 
     mcp: McpSection = McpSection()
     servers: dict[str, ServerSpec] = Field(default_factory=dict)
+    schedules: dict[str, ScheduleSpec] = Field(default_factory=dict)
 
     @model_validator(mode="after")
     def _server_names(self) -> ConfigFile:
@@ -106,6 +170,19 @@ class ConfigFile(_Section):
             if not SERVER_NAME.match(name):
                 raise ValueError(
                     f"server name {name!r} must be 1-63 letters, digits, '_' or '-' (it names a queue)"
+                )
+        return self
+
+    @model_validator(mode="after")
+    def _schedules_name_servers(self) -> ConfigFile:
+        for name, spec in self.schedules.items():
+            if not name.strip() or name in RESERVED_SCHEDULES:
+                raise ValueError(f"schedules: {name!r} cannot name a schedule (empty or beat's own)")
+            if spec.server not in self.servers:
+                configured = ", ".join(sorted(self.servers)) or "none"
+                raise ValueError(
+                    f"schedules.{name}.server: {spec.server!r} is not a configured server "
+                    f"(configured: {configured})"
                 )
         return self
 

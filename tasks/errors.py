@@ -76,5 +76,9 @@ class ServerNotReadyError(TransientError):
     """The MCP server's session is not connected yet (starting or restarting)."""
 
 
+class CircuitOpenError(TransientError):
+    """This worker's circuit breaker for the server is open: the call is retried elsewhere."""
+
+
 class ToolTimeoutError(TransientError):
     """The tool call took longer than its timeout; the server was told to cancel it."""

@@ -36,6 +36,7 @@ class ServerHealth:
     calls: int = 0
     errors: int = 0
     latency_ms: float | None = None
+    breaker: str = "closed"
 
 
 @dataclass(frozen=True)

@@ -109,14 +109,18 @@ class ClusterRouter:
         with self._lock:
             if project_id is None and self.algorithm == "shared-queue":
                 return server_queue(server)
-            workers = views(self._workers(now), server)
+            beats = self._workers(now)
+            workers = views(beats, server)
+            open_breakers = frozenset(
+                n for n, b in beats.items() if server in b.servers and b.servers[server].breaker != "closed"
+            )
             counter = next(self._counter)
             if project_id is None:
                 node = choose_worker(
                     server,
                     workers,
                     algorithm=self.algorithm,
-                    open_breakers=frozenset(),
+                    open_breakers=open_breakers,
                     counter=counter,
                     rng=self._rng,
                 )
@@ -128,7 +132,7 @@ class ClusterRouter:
                     affine,
                     workers,
                     algorithm=self.algorithm,
-                    open_breakers=frozenset(),
+                    open_breakers=open_breakers,
                     counter=counter,
                     rng=self._rng,
                 )

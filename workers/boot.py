@@ -28,6 +28,7 @@ from tasks.app import app
 from tasks.catalog import is_redis_url
 from tasks.contracts import set_executor_factory
 from tasks.registry import Registry, ServerHealth, worker_queue
+from tasks.routing import server_queue
 from tasks.settings import get_config, get_settings
 from workers.failover import Reaper
 from workers.heartbeat import Heartbeat
@@ -52,6 +53,7 @@ def get_hub() -> SessionHub:
                 log_dir=settings.log_dir,
                 store=catalog_store(),
                 worker=_node_name or f"{socket.gethostname()}:{os.getpid()}",
+                on_breaker=_on_breaker,
             )
             _hub.start()
             log.info("MCP runtime started in pid %d: %s", os.getpid(), ", ".join(_hub.servers()) or "none")
@@ -59,6 +61,28 @@ def get_hub() -> SessionHub:
 
 
 set_executor_factory(get_hub)
+
+
+def _on_breaker(server: str, status: str) -> None:
+    """An open breaker stops this worker taking the server's shared queue; closed resumes it.
+
+    Through Celery's own control commands, so the consumer changes its queues on its own thread.
+    (In prefork children the node name is unknown: there the breaker only fails calls fast.)
+    """
+    if not _node_name:
+        return
+    queue, node = server_queue(server), [_node_name]
+
+    def send() -> None:
+        try:
+            if status == "open":
+                app.control.cancel_consumer(queue, destination=node)
+            elif status == "closed":
+                app.control.add_consumer(queue, destination=node)
+        except Exception as exc:
+            log.warning("could not switch consuming %s after the circuit went %s: %s", queue, status, exc)
+
+    threading.Thread(target=send, name="agentful-breaker", daemon=True).start()
 
 
 @worker_process_init.connect

@@ -12,7 +12,7 @@ import concurrent.futures
 import logging
 import os
 import threading
-from collections.abc import Coroutine
+from collections.abc import Callable, Coroutine
 from typing import Any, TypeVar
 
 import anyio
@@ -21,6 +21,7 @@ from tasks.catalog import CatalogStore, ServerTools
 from tasks.config_file import ConfigFile
 from tasks.contracts import ToolInfo
 from tasks.errors import ToolTimeoutError, UnknownServerError
+from tasks.policy.breaker import BreakerPolicy, BreakerStatus
 from tasks.registry import ServerHealth
 from workers.session import ServerSession
 
@@ -41,6 +42,7 @@ class SessionHub:
         log_dir: Any,
         store: CatalogStore | None,
         worker: str,
+        on_breaker: Callable[[str, BreakerStatus], None] | None = None,
     ) -> None:
         self.pid = os.getpid()
         self.config = config
@@ -48,7 +50,16 @@ class SessionHub:
         self.worker = worker
         self.sessions = {
             name: ServerSession(
-                name, config.servers[name], log_dir=log_dir, on_tools=self._publish, worker=worker
+                name,
+                config.servers[name],
+                log_dir=log_dir,
+                on_tools=self._publish,
+                worker=worker,
+                breaker_policy=BreakerPolicy(
+                    threshold=config.mcp.client.circuit_breaker.threshold,
+                    open_s=config.mcp.client.circuit_breaker.timeout / 1000,
+                ),
+                on_breaker=on_breaker,
             )
             for name in servers
         }
@@ -65,6 +76,7 @@ class SessionHub:
         self._started.wait(5.0)
         for session in self.sessions.values():
             self._owners.append(asyncio.run_coroutine_threadsafe(session.run(), self._loop))
+            self._owners.append(asyncio.run_coroutine_threadsafe(session.watch_breaker(), self._loop))
 
     def _run_loop(self) -> None:
         asyncio.set_event_loop(self._loop)
@@ -172,6 +184,7 @@ class SessionHub:
                 calls=s.calls,
                 errors=s.errors,
                 latency_ms=None if s.latency_ms is None else round(s.latency_ms, 3),
+                breaker=s.breaker.status,
             )
             for name, s in self.sessions.items()
         }

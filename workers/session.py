@@ -29,14 +29,17 @@ from mcp.types import CONNECTION_CLOSED, INVALID_PARAMS, METHOD_NOT_FOUND, CallT
 from tasks.catalog import ServerTools, ToolSpec
 from tasks.config_file import ServerSpec
 from tasks.errors import (
+    CircuitOpenError,
     InvalidArgumentsError,
     ServerCrashedError,
     ServerNotReadyError,
     ServerStartError,
     ToolProtocolError,
     ToolTimeoutError,
+    TransientError,
     UnknownToolError,
 )
+from tasks.policy.breaker import BreakerPolicy, BreakerState, BreakerStatus, allow, on_failure, on_success
 from tasks.validation import check_against_schema
 from workers.guard import guarded_command
 
@@ -70,6 +73,8 @@ class ServerSession:
         log_dir: Path,
         on_tools: Callable[[ServerTools], Awaitable[None]] | None = None,
         worker: str = "",
+        breaker_policy: BreakerPolicy | None = None,
+        on_breaker: Callable[[str, BreakerStatus], None] | None = None,
     ) -> None:
         self.name = name
         self.spec = spec
@@ -86,6 +91,9 @@ class ServerSession:
         self.calls = 0
         self.errors = 0  # transport faults and timeouts; a tool's own is_error is not one
         self.latency_ms: float | None = None  # moving average of successful calls
+        self.breaker = BreakerState()
+        self.breaker_policy = breaker_policy or BreakerPolicy()
+        self.on_breaker = on_breaker
         self._stopping = False
         self._lost = False
         self._wake: anyio.Event | None = None
@@ -245,6 +253,59 @@ class ServerSession:
         )
 
     async def call(
+        self, tool: str, arguments: dict[str, Any], *, timeout_s: float | None, meta: dict[str, Any] | None
+    ) -> tuple[CallToolResult, int]:
+        """Call a tool through this worker's circuit breaker for the server.
+
+        Transport faults (crash, timeout, a server that will not start) count as failures; a
+        result, even a tool's own is_error, counts as a success. While the breaker is open the
+        call fails fast with CircuitOpenError (transient: Celery retries it, elsewhere).
+        """
+        if self.breaker.status != "closed":
+            raise CircuitOpenError(
+                f"MCP server {self.name!r} on {self.worker}: circuit {self.breaker.status} after "
+                f"{self.breaker_policy.threshold} failures in a row ({self.last_error or 'transport faults'})"
+            )
+        try:
+            out = await self._call(tool, arguments, timeout_s=timeout_s, meta=meta)
+        except (TransientError, ServerStartError):
+            self._set_breaker(on_failure(self.breaker, time.time(), self.breaker_policy))
+            raise
+        if self.breaker.failures:
+            self._set_breaker(on_success(self.breaker, time.time(), self.breaker_policy))
+        return out
+
+    def _set_breaker(self, state: BreakerState) -> None:
+        changed = state.status != self.breaker.status
+        self.breaker = state
+        if changed:
+            log.warning("MCP server %s: circuit %s", self.name, state.status)
+            if self.on_breaker is not None:
+                self.on_breaker(self.name, state.status)
+
+    async def watch_breaker(self, *, tick_s: float = 0.5) -> None:
+        """While the breaker is open, wait out `open_s`, then let exactly one probe through."""
+        while not self._stopping:
+            state = self.breaker
+            if state.status == "open" and state.opened_at_s is not None:
+                if time.time() < state.opened_at_s + self.breaker_policy.open_s:
+                    await anyio.sleep(tick_s)
+                    continue
+                allowed, probing = allow(state, time.time(), self.breaker_policy)
+                if not allowed:
+                    await anyio.sleep(tick_s)
+                    continue
+                self._set_breaker(probing)
+                try:
+                    await self.probe(self.spec.start_timeout_s)
+                except Exception:
+                    self._set_breaker(on_failure(self.breaker, time.time(), self.breaker_policy))
+                else:
+                    self._set_breaker(on_success(self.breaker, time.time(), self.breaker_policy))
+            else:
+                await anyio.sleep(tick_s)
+
+    async def _call(
         self, tool: str, arguments: dict[str, Any], *, timeout_s: float | None, meta: dict[str, Any] | None
     ) -> tuple[CallToolResult, int]:
         """Call a tool; retry once on a fresh session if the server crashed under the call."""
