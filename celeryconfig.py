@@ -41,6 +41,15 @@ task_publish_retry_policy = {
     "interval_max": 0.5,
 }
 broker_transport_options = {"visibility_timeout": 3600, "socket_connect_timeout": 3, "socket_timeout": 10}
+
+# Priorities are Celery's own, and what a number means depends on the broker (README
+# "Priorities and schedules"). RabbitMQ: every queue is declared with x-max-priority 9, so 0-9
+# with 9 the most urgent (a queue declared earlier without it must be deleted once: RabbitMQ
+# refuses to redeclare a queue with other arguments). Redis/Valkey: kombu keeps one list per
+# band of kombu's default `priority_steps` [0, 3, 6, 9], the band of 0 served first. The bands
+# stay kombu's defaults because workers/failover.py drains a dead worker's queue through a
+# plain kombu Connection, which knows only those; change both together.
+task_queue_max_priority = 9
 redis_socket_connect_timeout = 3
 redis_socket_timeout = 10
 

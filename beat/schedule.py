@@ -3,6 +3,10 @@
 Health checks every `mcp.client.loadBalancing.healthCheck.interval` ms: a worker probes each of
 its MCP servers (ping on sessions that speak the handshake era, a tools listing otherwise) and
 reports state, latency and restarts; the result is visible in Flower and the result backend.
+
+Periodic tool calls from the config file's `schedules`: one entry each, named as in the file,
+that submits `call_tool(server, tool, arguments)` every `every` seconds or on its `crontab`
+line, as any caller would (checked against the catalog, routed to the server's queue).
 """
 
 from __future__ import annotations
@@ -14,10 +18,20 @@ from tasks.config_file import ConfigFile
 
 def beat_schedule(config: ConfigFile) -> dict[str, dict[str, Any]]:
     interval_s = config.mcp.client.load_balancing.health_check.interval / 1000
-    return {
+    entries: dict[str, dict[str, Any]] = {
         "health-check": {
             "task": "agentful.health_check",
             "schedule": interval_s,
             "options": {"expires": interval_s},  # a missed check is replaced by the next one
         }
     }
+    for name, spec in config.schedules.items():
+        entry: dict[str, Any] = {
+            "task": "agentful.call_tool",
+            "schedule": spec.celery_schedule(),
+            "args": [spec.server, spec.tool, dict(spec.arguments)],
+        }
+        if spec.priority is not None:
+            entry["options"] = {"priority": spec.priority}
+        entries[name] = entry
+    return entries
