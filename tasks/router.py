@@ -12,6 +12,8 @@ import itertools
 import random
 import threading
 import time
+from collections import Counter
+from collections.abc import Mapping
 from typing import Protocol
 
 import redis
@@ -24,8 +26,15 @@ AFFINITY_PREFIX = "agentful:affinity:"
 SERVING_STATES = frozenset({"ready", "in-pool-processes"})
 
 
-def views(beats: dict[str, WorkerBeat], server: str) -> list[WorkerView]:
-    """Registry entries as the policy sees them: healthy for `server` when its session is up."""
+def views(
+    beats: dict[str, WorkerBeat], server: str, routed: Mapping[str, int] | None = None
+) -> list[WorkerView]:
+    """Registry entries as the policy sees them: healthy for `server` when its session is up.
+
+    `routed`: calls this producer sent to each node since its registry copy was read; they
+    count as load, or every decision until the next heartbeat would pick the same idle worker.
+    """
+    routed = routed or {}
     out = []
     for node, beat in sorted(beats.items()):
         health = beat.servers.get(server)
@@ -35,7 +44,7 @@ def views(beats: dict[str, WorkerBeat], server: str) -> list[WorkerView]:
             WorkerView(
                 node=node,
                 servers=frozenset(beat.servers),
-                in_flight=beat.in_flight + beat.reserved,
+                in_flight=beat.in_flight + beat.reserved + routed.get(node, 0),
                 capacity=max(1, beat.capacity),
                 cpu_percent=beat.cpu_percent,
                 memory_percent=beat.memory_percent,
@@ -89,10 +98,12 @@ class ClusterRouter:
         self._beats: dict[str, WorkerBeat] = {}
         self._beats_at = float("-inf")
         self._affine: dict[str, tuple[str | None, float]] = {}
+        self._routed: Counter[str] = Counter()
 
     def _workers(self, now: float) -> dict[str, WorkerBeat]:
         if now - self._beats_at >= self.cache_s:
             self._beats, self._beats_at = self.registry.alive(), now
+            self._routed.clear()
         return self._beats
 
     def _affine_node(self, project_id: str, now: float) -> str | None:
@@ -110,7 +121,7 @@ class ClusterRouter:
             if project_id is None and self.algorithm == "shared-queue":
                 return server_queue(server)
             beats = self._workers(now)
-            workers = views(beats, server)
+            workers = views(beats, server, self._routed)
             open_breakers = frozenset(
                 n for n, b in beats.items() if server in b.servers and b.servers[server].breaker != "closed"
             )
@@ -139,4 +150,7 @@ class ClusterRouter:
                 if changed:
                     self.affinity.set(project_id, node)
                     self._affine[project_id] = (node, now)
-            return worker_queue(node) if node else server_queue(server)
+            if node is None:
+                return server_queue(server)
+            self._routed[node] += 1
+            return worker_queue(node)

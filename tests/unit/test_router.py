@@ -98,3 +98,11 @@ def test_registry_and_affinity_reads_are_cached_for_cache_s() -> None:
     assert reg.reads == 1 and aff.gets == 1
     r.queue_for("git", "p1", now_s=1.6)
     assert reg.reads == 2 and aff.gets == 2
+
+
+def test_least_load_spreads_new_projects_between_registry_reads() -> None:
+    """Idle workers all look alike until the next heartbeat: the calls this producer routed count."""
+    r, _, aff = router({n: beat(n) for n in ("a", "b", "c")})
+    queues = [r.queue_for("git", f"p{i}", now_s=0.1 * i / 10) for i in range(9)]
+    assert sorted(queues) == sorted(["worker.a", "worker.b", "worker.c"] * 3)
+    assert set(aff.data.values()) == {"a", "b", "c"}
