@@ -41,7 +41,6 @@ class Settings(BaseSettings):
         default=1.0, ge=0, description="how long a producer trusts its registry copy"
     )
     heartbeat_s: float = Field(default=2.0, gt=0, description="seconds between a worker's heartbeats")
-    publish_timeout_s: float = Field(default=5.0, gt=0, description="give up publishing after this long")
 
     def worker_servers(self, config: ConfigFile) -> list[str]:
         """The servers a worker on this host runs: AGENTFUL_SERVERS, or every configured one."""
