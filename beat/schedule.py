@@ -1,8 +1,10 @@
 """The control loop's schedule, run by `celery beat` (`agentful beat`, or `agentful up`).
 
-Health checks every `mcp.client.loadBalancing.healthCheck.interval` ms: a worker probes each of
-its MCP servers (ping on sessions that speak the handshake era, a tools listing otherwise) and
-reports state, latency and restarts; the result is visible in Flower and the result backend.
+Health checks every `mcp.client.loadBalancing.healthCheck.interval` ms: the task broadcasts a
+control command, and every worker probes each of its MCP servers (ping on sessions that speak
+the handshake era, a tools listing otherwise, within `healthCheck.timeout`). A server is marked
+unhealthy after `unhealthyThreshold` failed checks in a row, healthy after `healthyThreshold`
+good ones; the registry carries the verdict and the router avoids unhealthy servers.
 
 Periodic tool calls from the config file's `schedules`: one entry each, named as in the file,
 that submits `call_tool(server, tool, arguments)` every `every` seconds or on its `crontab`
@@ -22,6 +24,7 @@ def beat_schedule(config: ConfigFile) -> dict[str, dict[str, Any]]:
         "health-check": {
             "task": "agentful.health_check",
             "schedule": interval_s,
+            "args": [config.mcp.client.load_balancing.health_check.timeout / 1000],
             "options": {"expires": interval_s},  # a missed check is replaced by the next one
         }
     }

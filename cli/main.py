@@ -263,6 +263,17 @@ def tools(
     console.print(table)
 
 
+def _server_cell(name: str, h: Any) -> str:
+    cell = f"{name}:{h.state}"
+    if h.latency_ms is not None:
+        cell += f" {h.latency_ms:.1f}ms"
+    if not h.healthy:
+        cell += " [red]unhealthy[/]"
+    if h.breaker != "closed":
+        cell += f" [red]breaker {h.breaker}[/]"
+    return cell
+
+
 def _status_table() -> Table:
     from tasks.api import catalog_store
     from tasks.registry import Registry
@@ -276,10 +287,7 @@ def _status_table() -> Table:
     now = time.time()
     table = Table("worker", "servers", "in flight", "reserved", "cpu %", "mem %", "beat")
     for node, beat in sorted(alive.items()):
-        servers = ", ".join(
-            f"{name}:{h.state}" + (f" {h.latency_ms:.1f}ms" if h.latency_ms is not None else "")
-            for name, h in sorted(beat.servers.items())
-        )
+        servers = ", ".join(_server_cell(name, h) for name, h in sorted(beat.servers.items()))
         table.add_row(
             node,
             servers,

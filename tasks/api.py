@@ -271,6 +271,12 @@ def ping() -> str:
 
 
 @app.task(name="agentful.health_check")
-def health_check(timeout_s: float = 5.0) -> dict[str, dict[str, object]]:
-    """Probe each MCP server of the worker that runs this: state, probe latency, restarts."""
-    return get_executor().probe(timeout_s)
+def health_check(timeout_s: float = 5.0) -> dict[str, object]:
+    """Beat's health check: every worker probes each of its MCP servers (a control broadcast).
+
+    A server is marked unhealthy after `unhealthyThreshold` failed checks in a row and healthy
+    after `healthyThreshold` good ones; the router avoids unhealthy ones. Results reach the
+    registry (and `agentful status`) with each worker's next heartbeat.
+    """
+    app.control.broadcast("agentful_health_check", arguments={"timeout_s": timeout_s})
+    return {"broadcast": "agentful_health_check", "timeout_s": timeout_s}

@@ -37,6 +37,8 @@ class ServerHealth:
     errors: int = 0
     latency_ms: float | None = None
     breaker: str = "closed"
+    healthy: bool = True  # by the health checks' thresholds (unhealthyThreshold/healthyThreshold)
+    checks: int = 0  # health checks run so far
 
 
 @dataclass(frozen=True)

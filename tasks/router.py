@@ -48,7 +48,7 @@ def views(
                 capacity=max(1, beat.capacity),
                 cpu_percent=beat.cpu_percent,
                 memory_percent=beat.memory_percent,
-                healthy=health.state in SERVING_STATES,
+                healthy=health.state in SERVING_STATES and health.healthy,
             )
         )
     return out

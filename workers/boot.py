@@ -30,6 +30,7 @@ from tasks.contracts import set_executor_factory
 from tasks.registry import Registry, ServerHealth, worker_queue
 from tasks.routing import server_queue
 from tasks.settings import get_config, get_settings
+from workers import control  # noqa: F401  (registers agentful's control commands)
 from workers.failover import Reaper
 from workers.heartbeat import Heartbeat
 from workers.hub import SessionHub
@@ -39,6 +40,7 @@ _hub: SessionHub | None = None
 _lock = threading.Lock()
 _node_name = ""
 _heartbeat: Heartbeat | None = None
+_in_process = False
 
 
 def get_hub() -> SessionHub:
@@ -61,6 +63,11 @@ def get_hub() -> SessionHub:
 
 
 set_executor_factory(get_hub)
+
+
+def in_process_hub() -> SessionHub | None:
+    """The hub of this process if it serves calls here (thread and solo pools), else None."""
+    return get_hub() if _in_process else None
 
 
 def _on_breaker(server: str, status: str) -> None:
@@ -100,6 +107,8 @@ def _on_ready(sender: Any = None, **_: Any) -> None:
     controller = getattr(sender, "controller", None)
     pool = getattr(controller, "pool_cls", None)
     in_process = "prefork" not in str(getattr(pool, "__module__", pool))
+    global _in_process
+    _in_process = in_process
     if in_process:
         get_hub()
     store = catalog_store()

@@ -22,6 +22,7 @@ from tasks.config_file import ConfigFile
 from tasks.contracts import ToolInfo
 from tasks.errors import ToolTimeoutError, UnknownServerError
 from tasks.policy.breaker import BreakerPolicy, BreakerStatus
+from tasks.policy.health import HealthPolicy
 from tasks.registry import ServerHealth
 from workers.session import ServerSession
 
@@ -60,6 +61,7 @@ class SessionHub:
                     open_s=config.mcp.client.circuit_breaker.timeout / 1000,
                 ),
                 on_breaker=on_breaker,
+                health_policy=HealthPolicy.from_config(config.mcp.client.load_balancing.health_check),
             )
             for name in servers
         }
@@ -150,28 +152,24 @@ class SessionHub:
     def servers(self) -> list[str]:
         return list(self.sessions)
 
+    async def _check_all(self, timeout_s: float) -> dict[str, dict[str, object]]:
+        results: dict[str, dict[str, object]] = {}
+
+        async def run(name: str, session: ServerSession) -> None:
+            results[name] = await session.check(timeout_s)
+
+        async with anyio.create_task_group() as tg:
+            for name, session in self.sessions.items():
+                tg.start_soon(run, name, session)
+        return results
+
     def probe(self, timeout_s: float) -> dict[str, dict[str, object]]:
-        async def one(session: ServerSession) -> dict[str, object]:
-            out: dict[str, object] = {"state": session.state, "restarts": session.restarts}
-            try:
-                out["latency_ms"] = round(await session.probe(timeout_s) * 1000, 3)
-                out["healthy"] = True
-            except Exception as exc:
-                out |= {"healthy": False, "error": str(exc) or type(exc).__name__}
-            return out
+        """Health-check every server now and wait for the results."""
+        return self._run(self._check_all(timeout_s), timeout_s + _WAIT_MARGIN_S)
 
-        async def all_() -> dict[str, dict[str, object]]:
-            results: dict[str, dict[str, object]] = {}
-
-            async def run(name: str, session: ServerSession) -> None:
-                results[name] = await one(session)
-
-            async with anyio.create_task_group() as tg:
-                for name, session in self.sessions.items():
-                    tg.start_soon(run, name, session)
-            return results
-
-        return self._run(all_(), timeout_s + _WAIT_MARGIN_S)
+    def check_soon(self, timeout_s: float) -> None:
+        """Health-check every server in the background (control commands must not block)."""
+        asyncio.run_coroutine_threadsafe(self._check_all(timeout_s), self._loop)
 
     def health(self) -> dict[str, ServerHealth]:
         """Each session's state and counters, read without the loop (plain attribute reads)."""
@@ -185,6 +183,8 @@ class SessionHub:
                 errors=s.errors,
                 latency_ms=None if s.latency_ms is None else round(s.latency_ms, 3),
                 breaker=s.breaker.status,
+                healthy=s.health.healthy,
+                checks=s.checks,
             )
             for name, s in self.sessions.items()
         }

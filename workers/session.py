@@ -40,6 +40,7 @@ from tasks.errors import (
     UnknownToolError,
 )
 from tasks.policy.breaker import BreakerPolicy, BreakerState, BreakerStatus, allow, on_failure, on_success
+from tasks.policy.health import HealthPolicy, HealthState, observe
 from tasks.validation import check_against_schema
 from workers.guard import guarded_command
 
@@ -75,6 +76,7 @@ class ServerSession:
         worker: str = "",
         breaker_policy: BreakerPolicy | None = None,
         on_breaker: Callable[[str, BreakerStatus], None] | None = None,
+        health_policy: HealthPolicy | None = None,
     ) -> None:
         self.name = name
         self.spec = spec
@@ -94,6 +96,9 @@ class ServerSession:
         self.breaker = BreakerState()
         self.breaker_policy = breaker_policy or BreakerPolicy()
         self.on_breaker = on_breaker
+        self.health = HealthState()
+        self.health_policy = health_policy or HealthPolicy()
+        self.checks = 0
         self._stopping = False
         self._lost = False
         self._wake: anyio.Event | None = None
@@ -363,6 +368,25 @@ class ServerSession:
             else:
                 await client.list_tools(cache_mode="bypass")
         return anyio.current_time() - started
+
+    async def check(self, timeout_s: float) -> dict[str, object]:
+        """One health check: probe, then count it towards the healthy/unhealthy thresholds."""
+        out: dict[str, object] = {"state": self.state, "restarts": self.restarts}
+        try:
+            out["latency_ms"] = round(await self.probe(timeout_s) * 1000, 3)
+            ok = True
+        except Exception as exc:
+            out["error"] = str(exc) or type(exc).__name__
+            ok = False
+        before = self.health.healthy
+        self.health = observe(self.health, ok, self.health_policy)
+        self.checks += 1
+        if self.health.healthy != before:
+            log.warning(
+                "MCP server %s is now %s", self.name, "healthy" if self.health.healthy else "unhealthy"
+            )
+        out["healthy"] = self.health.healthy
+        return out
 
     async def list_tools(self) -> dict[str, ToolSpec]:
         await self.ready_client()
