@@ -76,6 +76,10 @@ class ServerNotReadyError(TransientError):
     """The MCP server's session is not connected yet (starting or restarting)."""
 
 
+class ServerUnavailableError(TransientError):
+    """A Streamable HTTP MCP server could not be reached (refused, down, 5xx): it may come back."""
+
+
 class CircuitOpenError(TransientError):
     """This worker's circuit breaker for the server is open: the call is retried elsewhere."""
 

@@ -73,6 +73,8 @@ SERVERS: dict[str, Any] = {
         "args": ["-c", "import sys; sys.exit('boom: MCP_TOKEN is not set')"],
     },
     "missing": {"command": "/nonexistent/bin/mcp-server"},
+    # Nothing listens there: a Streamable HTTP server that is down (connection refused).
+    "down-http": {"url": f"http://127.0.0.1:{free_port()}/mcp", "startTimeoutS": 2},
 }
 if HAS_NODE:
     SERVERS["everything"] = {"command": "node", "args": [str(EVERYTHING), "stdio"]}

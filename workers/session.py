@@ -34,6 +34,7 @@ from tasks.errors import (
     ServerCrashedError,
     ServerNotReadyError,
     ServerStartError,
+    ServerUnavailableError,
     ToolProtocolError,
     ToolTimeoutError,
     TransientError,
@@ -250,7 +251,9 @@ class ServerSession:
                 if self.state == "ready" and self.client is not None:
                     return self.client
                 if self.state in ("failed", "stopped"):
-                    raise ServerStartError(self.last_error or f"MCP server {self.name!r} is {self.state}")
+                    # A command that will not start is permanent; a URL that does not answer is not.
+                    error = ServerStartError if self.spec.command is not None else ServerUnavailableError
+                    raise error(self.last_error or f"MCP server {self.name!r} is {self.state}")
                 assert self._changed is not None
                 await self._changed.wait()
         raise ServerNotReadyError(

@@ -132,6 +132,17 @@ def test_a_server_that_fails_to_start_names_the_cause(cluster: Any) -> None:
     assert "/nonexistent/bin/mcp-server" in str(missing.value) and "not found" in str(missing.value)
 
 
+def test_an_http_server_that_refuses_is_transient_and_retried(cluster: Any) -> None:
+    from tasks import call_tool
+    from tasks.errors import ServerUnavailableError
+
+    refused = call_tool.delay("down-http", "anything", {})
+    with pytest.raises(ServerUnavailableError) as info:
+        refused.get(timeout=60)
+    assert "down-http" in str(info.value) and "gave up after 3 attempts" in str(info.value)
+    assert refused.retries == 2
+
+
 def test_a_server_that_hangs_at_start_times_out(cluster: Any) -> None:
     from tasks import call_tool
     from tasks.errors import ServerNotReadyError, ServerStartError
