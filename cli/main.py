@@ -1,7 +1,7 @@
-"""`agentful`: start the roles of a cluster and talk to it from the shell.
+"""agentful: run MCP tool calls on a Celery cluster, and talk to it from the shell.
 
-Every command reads the same settings (AGENTFUL_* variables, `--config`), and uses the
-embedded Valkey broker when AGENTFUL_BROKER_URL is not set.
+Every command reads the same settings (AGENTFUL_* variables, --config) and uses the embedded
+Valkey broker when AGENTFUL_BROKER_URL is not set.
 """
 
 from __future__ import annotations
@@ -28,7 +28,12 @@ EXIT_BAD_INPUT = 2  # config, arguments, unknown server or tool
 EXIT_UNAVAILABLE = 3  # broker or workers not reachable
 EXIT_INTERRUPTED = 130
 
-app = typer.Typer(add_completion=False, no_args_is_help=True, help=__doc__)
+HELP = (
+    "Run MCP tool calls on a Celery cluster, and talk to it from the shell.\n\n"
+    "Every command reads the same settings (AGENTFUL_* variables, --config) and uses the "
+    "embedded Valkey broker when AGENTFUL_BROKER_URL is not set."
+)
+app = typer.Typer(add_completion=False, no_args_is_help=True, help=HELP)
 console = Console()
 err = Console(stderr=True)
 
