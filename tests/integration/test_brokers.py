@@ -2,8 +2,10 @@
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
+import socket
 import subprocess
 import sys
 import uuid
@@ -55,3 +57,12 @@ def test_call_through_an_external_broker(url: str, port: int, tmp_path: Path) ->
         assert result["worker"].startswith("ext-")
     finally:
         worker.stop()
+        _delete_own_queue(url, f"worker.{name.replace('%h', socket.gethostname())}")
+
+
+def _delete_own_queue(url: str, queue: str) -> None:
+    """The worker's own queue is durable on RabbitMQ: leave no queue behind per run."""
+    from kombu.connection import Connection
+
+    with Connection(url) as conn, contextlib.suppress(Exception):
+        conn.default_channel.queue_delete(queue)  # (Redis keeps no empty queue to delete)
