@@ -117,7 +117,11 @@ def main() -> None:
                 WorkerProcess(f"s{i}@%h", ["time"], pool="solo", concurrency=1, loglevel="WARNING").start()
             )
             if i % 10 == 9:  # two cores: let each batch boot before the next
-                wait_for(lambda k=i: len(registry.alive()) >= k - 5, 120, interval_s=1.0)
+
+                def booted(enough: int = i - 5) -> bool:
+                    return len(registry.alive()) >= enough
+
+                wait_for(booted, 120, interval_s=1.0)
         ready = wait_for(
             lambda: (
                 sum(1 for b in registry.alive().values() if b.servers["time"].state == "ready")

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from typing import Any, Protocol, TypedDict
 
 
@@ -56,23 +57,19 @@ class ToolExecutor(Protocol):
         ...
 
 
-_executor: ToolExecutor | None = None
-_executor_factory: Any = None
+_executor_factory: Callable[[], ToolExecutor] | None = None
 
 
-def set_executor_factory(factory: Any) -> None:
-    """The worker runtime says how to build this process's executor (lazily, after fork)."""
+def set_executor_factory(factory: Callable[[], ToolExecutor]) -> None:
+    """The worker runtime says how to get this process's executor (made lazily, after fork)."""
     global _executor_factory
     _executor_factory = factory
 
 
 def get_executor() -> ToolExecutor:
-    global _executor
     if _executor_factory is None:
         raise RuntimeError(
             "no MCP runtime in this process: tool calls run inside an agentful worker "
             "(`agentful worker` or `celery -A tasks worker`)"
         )
-    executor: ToolExecutor = _executor_factory()
-    _executor = executor
-    return executor
+    return _executor_factory()

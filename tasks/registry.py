@@ -92,23 +92,25 @@ class Registry:
         """
         self._client.delete(ENTRY_PREFIX + node)
 
-    def alive(self) -> dict[str, WorkerBeat]:
-        """Every worker whose last heartbeat has not expired."""
+    def _read(self) -> tuple[dict[str, float], dict[str, WorkerBeat]]:
+        """Every listed node with its last beat time, and the entries that have not expired."""
         try:
-            nodes = [n.decode() for n in self._client.zrange(WORKERS_KEY, 0, -1)]  # type: ignore[union-attr]
-            if not nodes:
-                return {}
-            raw = self._client.mget([ENTRY_PREFIX + n for n in nodes])
+            listed: list[tuple[bytes, float]] = self._client.zrange(WORKERS_KEY, 0, -1, withscores=True)  # type: ignore[assignment]
+            beats = {n.decode(): at for n, at in listed}
+            raw = self._client.mget([ENTRY_PREFIX + n for n in beats]) if beats else []
         except redis.RedisError as exc:
             raise BrokerUnavailableError(f"cannot read the worker registry: {exc}") from exc
-        return {n: WorkerBeat.from_json(v) for n, v in zip(nodes, raw, strict=True) if v}
+        return beats, {n: WorkerBeat.from_json(v) for n, v in zip(beats, raw, strict=True) if v}
+
+    def alive(self) -> dict[str, WorkerBeat]:
+        """Every worker whose last heartbeat has not expired."""
+        return self._read()[1]
 
     def dead(self, *, grace_s: float = 0.0, now_s: float | None = None) -> list[str]:
         """Workers still listed, not alive, whose last beat is at least `grace_s` old."""
         now = time.time() if now_s is None else now_s
-        alive = self.alive()
-        listed: list[tuple[bytes, float]] = self._client.zrange(WORKERS_KEY, 0, -1, withscores=True)  # type: ignore[assignment]
-        return [n.decode() for n, at in listed if n.decode() not in alive and now - at >= grace_s]
+        beats, alive = self._read()
+        return [n for n, at in beats.items() if n not in alive and now - at >= grace_s]
 
     def queue_depths(self, queues: list[str]) -> dict[str, int]:
         """Messages waiting in each queue (Redis/Valkey brokers keep a queue as a list)."""

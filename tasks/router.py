@@ -18,7 +18,7 @@ from typing import Protocol
 
 import redis
 
-from tasks.policy.balancing import Algorithm, WorkerView, choose_with_affinity, choose_worker
+from tasks.policy.balancing import Algorithm, WorkerView, choose_with_affinity
 from tasks.registry import Registry, WorkerBeat, worker_queue
 from tasks.routing import server_queue
 
@@ -125,31 +125,21 @@ class ClusterRouter:
             open_breakers = frozenset(
                 n for n, b in beats.items() if server in b.servers and b.servers[server].breaker != "closed"
             )
-            counter = next(self._counter)
-            if project_id is None:
-                node = choose_worker(
-                    server,
-                    workers,
-                    algorithm=self.algorithm,
-                    open_breakers=open_breakers,
-                    counter=counter,
-                    rng=self._rng,
-                )
-            else:
-                affine = self._affine_node(project_id, now)
-                node, changed = choose_with_affinity(
-                    server,
-                    project_id,
-                    affine,
-                    workers,
-                    algorithm=self.algorithm,
-                    open_breakers=open_breakers,
-                    counter=counter,
-                    rng=self._rng,
-                )
-                if changed:
-                    self.affinity.set(project_id, node)
-                    self._affine[project_id] = (node, now)
+            # Without a project there is no affinity: the policy then chooses by load alone.
+            affine = self._affine_node(project_id, now) if project_id is not None else None
+            node, changed = choose_with_affinity(
+                server,
+                project_id,
+                affine,
+                workers,
+                algorithm=self.algorithm,
+                open_breakers=open_breakers,
+                counter=next(self._counter),
+                rng=self._rng,
+            )
+            if changed and project_id is not None:
+                self.affinity.set(project_id, node)
+                self._affine[project_id] = (node, now)
             if node is None:
                 return server_queue(server)
             self._routed[node] += 1

@@ -11,6 +11,7 @@ import signal
 import subprocess
 import sys
 import time
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -91,11 +92,11 @@ class WorkerProcess:
         self.proc.wait(timeout=10)
 
 
-def wait_for(predicate: object, timeout_s: float, interval_s: float = 0.1) -> bool:
+def wait_for(predicate: Callable[[], object], timeout_s: float, interval_s: float = 0.1) -> bool:
     """Poll `predicate()` until true or `timeout_s` passes; bounded, never a bare sleep."""
     deadline = time.monotonic() + timeout_s
     while time.monotonic() < deadline:
-        if predicate():  # type: ignore[operator]
+        if predicate():
             return True
         time.sleep(interval_s)
-    return bool(predicate())  # type: ignore[operator]
+    return bool(predicate())
