@@ -12,7 +12,7 @@ fi
 stamp=.venv/.agentful-installed
 if [ ! -f "$stamp" ] || [ pyproject.toml -nt "$stamp" ]; then
   .venv/bin/python -m pip install -q --upgrade pip
-  .venv/bin/python -m pip install -q -e '.[peers,dev]'
+  .venv/bin/python -m pip install -q -e '.[peers,dev,otel,k8s]'
   touch "$stamp"
 fi
 if command -v npm >/dev/null 2>&1; then
