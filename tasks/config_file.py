@@ -157,12 +157,65 @@ class ScheduleSpec(_Section):
         return parse_crontab(str(self.crontab))
 
 
+# -- gateway: the MCP front door (gateway/). Each sub-section belongs to one part of it. --------
+
+
+class GatewayAuthSection(_Section):
+    """OAuth 2.1 client credentials, JWT access tokens, roles and scopes (gateway/auth/)."""
+
+    enabled: bool = False
+
+
+class GatewayTlsSection(_Section):
+    """TLS 1.3 for the gateway's HTTP endpoint, and optional mTLS (gateway/security/)."""
+
+    cert_file: str | None = None
+    key_file: str | None = None
+    client_ca_file: str | None = Field(default=None, description="set: mTLS, client certs required")
+
+
+class GatewayRateLimitSection(_Section):
+    """Per-client token bucket shared through Redis (gateway/security/)."""
+
+    enabled: bool = False
+
+
+class GatewayAuditSection(_Section):
+    """One JSON line per call (gateway/security/)."""
+
+    path: str | None = Field(default=None, description="unset: <data_dir>/logs/audit.jsonl")
+
+
+class GatewaySection(_Section):
+    """`agentful gateway`: one MCP endpoint (stdio or Streamable HTTP) for the whole cluster."""
+
+    host: str = "127.0.0.1"
+    port: int = Field(default=8765, ge=0, le=65535)
+    separator: str = Field(default="__", min_length=1, description="between server and tool names")
+    json_response: bool = True
+    auth: GatewayAuthSection = GatewayAuthSection()
+    tls: GatewayTlsSection = GatewayTlsSection()
+    rate_limit: GatewayRateLimitSection = GatewayRateLimitSection()
+    audit: GatewayAuditSection = GatewayAuditSection()
+
+
+# -- autoscaling: beat's scaling policy and provider (beat/autoscale/). ----------------------
+
+
+class AutoscalingSection(_Section):
+    """The seed's autoscaling triggers, limits and provider."""
+
+    enabled: bool = False
+
+
 class ConfigFile(_Section):
     """The whole file."""
 
     mcp: McpSection = McpSection()
     servers: dict[str, ServerSpec] = Field(default_factory=dict)
     schedules: dict[str, ScheduleSpec] = Field(default_factory=dict)
+    gateway: GatewaySection = GatewaySection()
+    autoscaling: AutoscalingSection = AutoscalingSection()
 
     @model_validator(mode="after")
     def _server_names(self) -> ConfigFile:
