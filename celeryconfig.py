@@ -18,6 +18,19 @@ task_serializer = "json"
 result_serializer = "json"
 accept_content = ["json"]
 result_accept_content = ["json"]
+# Message signing (docs/security-transport.md), on when AGENTFUL_SIGNING_KEY/_CERT/_CERT_STORE are
+# set: Celery's `auth` serializer signs every task and control message with the key, and a
+# consumer accepts only what a certificate of the store verifies. tasks/app.py calls
+# app.setup_security() (it reads these), so every process importing `tasks` signs. Results stay
+# JSON: the gateway reads them straight from Redis (gateway/results.py), and what a worker may
+# run is what signing protects.
+if _settings.signing_enabled:
+    task_serializer = "auth"
+    accept_content = ["auth"]
+    security_key = str(_settings.signing_key)
+    security_certificate = str(_settings.signing_cert)
+    security_cert_store = str(_settings.signing_cert_store)
+    security_digest = "sha256"
 result_extended = True  # Flower and AsyncResult show name, args and worker
 result_expires = _settings.result_expires_s
 
@@ -63,6 +76,9 @@ worker_send_task_events = False
 worker_hijack_root_logger = False
 
 beat_schedule = _beat_schedule(get_config())
+# Runs the schedule only while this beat holds the leader lease (one beat acts), and runs the
+# autoscaler's entry inside beat (beat/autoscale.py, docs/autoscaling.md).
+beat_scheduler = "beat.autoscale:AgentfulScheduler"
 
 if __name__ == "__main__":
     for _key, _value in sorted(globals().items()):

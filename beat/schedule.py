@@ -9,6 +9,12 @@ good ones; the registry carries the verdict and the router avoids unhealthy serv
 Periodic tool calls from the config file's `schedules`: one entry each, named as in the file,
 that submits `call_tool(server, tool, arguments)` every `every` seconds or on its `crontab`
 line, as any caller would (checked against the catalog, routed to the server's queue).
+
+Signing key rotation for the gateway's built-in issuer (gateway/auth/rotation.py): a daily check
+that makes a new key once the current one is `gateway.auth.rotationDays` old.
+
+Autoscaling, when `autoscaling.enabled`: the `autoscale` entry every `autoscaling.intervalS`,
+evaluated inside beat itself (beat/autoscale.py, docs/autoscaling.md).
 """
 
 from __future__ import annotations
@@ -37,4 +43,12 @@ def beat_schedule(config: ConfigFile) -> dict[str, dict[str, Any]]:
         if spec.priority is not None:
             entry["options"] = {"priority": spec.priority}
         entries[name] = entry
+    if config.autoscaling.enabled:
+        # Run by beat itself (beat/autoscale.py's AgentfulScheduler), never sent to a worker.
+        entries["autoscale"] = {"task": "agentful.autoscale", "schedule": config.autoscaling.interval_s}
+    if config.gateway.auth.enabled and config.gateway.auth.external is None:
+        # Importing it registers the task on every process that loads this schedule (workers too).
+        from gateway.auth.rotation import beat_entry
+
+        entries["rotate-signing-keys"] = beat_entry()  # daily check; rotates when a key is rotationDays old
     return entries

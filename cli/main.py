@@ -19,7 +19,7 @@ import typer
 from rich.console import Console
 from rich.table import Table
 
-from tasks.errors import AgentfulError, BrokerUnavailableError, ConfigError, PermanentError
+from tasks.errors import AgentfulError, ConfigError, PermanentError
 from tasks.settings import get_config, get_settings, reset_caches
 
 EXIT_OK = 0
@@ -54,6 +54,10 @@ def _setup(config: Path | None) -> None:
     except ConfigError as exc:
         err.print(f"[red]error:[/] {exc}")
         raise typer.Exit(EXIT_BAD_INPUT) from None
+    if get_settings().log_format == "json":  # the CLI's own log records (warnings up) as JSON lines
+        from tasks.telemetry.logs import configure
+
+        configure("agentful-cli", fmt="json", level="WARNING")
 
 
 def _fail(exc: AgentfulError) -> typer.Exit:
@@ -85,11 +89,21 @@ def up(
     concurrency: Annotated[int | None, typer.Option(help="tasks in flight per worker")] = None,
     flower: Annotated[bool, typer.Option(help="start Flower")] = True,
     flower_port: Annotated[int, typer.Option(help="Flower's port")] = 5555,
+    flower_basic_auth: Annotated[
+        str | None, typer.Option(help="user:password Flower asks for (else AGENTFUL_FLOWER_BASIC_AUTH)")
+    ] = None,
     beat: Annotated[bool, typer.Option(help="start beat (health checks)")] = True,
 ) -> None:
     """Run a local cluster: broker if needed, workers, beat and Flower; Ctrl-C stops all."""
+    if flower_basic_auth:
+        os.environ["AGENTFUL_FLOWER_BASIC_AUTH"] = flower_basic_auth
     _setup(config)
-    from cli.stack import Stack
+    from cli.stack import Stack, flower_env
+
+    try:
+        flower_env(get_settings())  # a malformed login fails here, before anything starts
+    except ConfigError as exc:
+        raise _fail(exc) from None
     from workers.launcher import DEFAULT_CONCURRENCY, DEFAULT_POOL
 
     if not get_config().servers:
@@ -119,7 +133,8 @@ def up(
         ready = stack.wait_ready(60)
         console.print(f"workers {len(stack.procs)} {'ready' if ready else 'starting (not all answered yet)'}")
         if flower:
-            console.print(f"flower  {stack.flower_url}")
+            login = "  (basic auth)" if get_settings().flower_basic_auth else ""
+            console.print(f"flower  {stack.flower_url}{login}")
         console.print(f"logs    {get_settings().log_dir}\nCtrl-C to stop")
         while not stopping:
             dead = stack.dead()
@@ -131,8 +146,24 @@ def up(
         pass
     finally:
         console.print("stopping: workers finish the calls they hold...")
+        _stop_autoscaled(stack)
         stack.stop()
         console.print("stopped")
+
+
+def _stop_autoscaled(stack: Any) -> None:
+    """Workers beat's autoscaler started outlive beat (a restarted beat finds them); `up` stops
+    them too: beat first, so that it starts no more (docs/autoscaling.md)."""
+    from beat.autoscale import local_provider
+
+    provider = local_provider()
+    if provider is None:
+        return
+    for name, proc in stack.others:
+        if name == "beat" and proc.poll() is None:
+            proc.terminate()
+            proc.wait(timeout=15)
+    provider.stop_all()
 
 
 @app.command()
@@ -199,14 +230,26 @@ def flower(
     config: ConfigOpt = None,
     port: Annotated[int, typer.Option(help="port to serve on")] = 5555,
     address: Annotated[str, typer.Option(help="address to bind")] = "127.0.0.1",
+    basic_auth: Annotated[
+        str | None, typer.Option(help="user:password to ask for (else AGENTFUL_FLOWER_BASIC_AUTH)")
+    ] = None,
 ) -> None:
-    """Run Flower, the Celery monitor, against this cluster."""
+    """Run Flower, the Celery monitor, against this cluster (Flower's FLOWER_* options apply)."""
+    if basic_auth:
+        os.environ["AGENTFUL_FLOWER_BASIC_AUTH"] = basic_auth
     _setup(config)
-    from cli.stack import use_broker
+    from cli.stack import flower_env, use_broker
 
+    try:
+        env = flower_env(get_settings())
+    except ConfigError as exc:
+        raise _fail(exc) from None
     use_broker(get_settings())
+    env["AGENTFUL_BROKER_URL"] = os.environ.get("AGENTFUL_BROKER_URL", "")
+    login = ", basic auth" if "FLOWER_BASIC_AUTH" in env else ""
+    err.print(f"flower http://{address}:{port}{login}")
     cmd = [sys.executable, "-m", "celery", "-A", "tasks", "flower", f"--port={port}", f"--address={address}"]
-    raise typer.Exit(_foreground(cmd, dict(os.environ)))
+    raise typer.Exit(_foreground(cmd, env))
 
 
 @app.command()
@@ -227,7 +270,9 @@ def call(
     from celery.exceptions import TimeoutError as CeleryTimeout
 
     from tasks import call_tool
+    from tasks.telemetry.hooks import start_client
 
+    start_client("agentful-cli")  # tracing and Sentry when configured: the trace starts here
     try:
         result = call_tool.delay(server, tool, arguments).get(timeout=timeout_s)
     except AgentfulError as exc:
@@ -268,69 +313,59 @@ def tools(
     console.print(table)
 
 
-def _server_cell(name: str, h: Any) -> str:
-    cell = f"{name}:{h.state}"
-    if h.latency_ms is not None:
-        cell += f" {h.latency_ms:.1f}ms"
-    if not h.healthy:
-        cell += " [red]unhealthy[/]"
-    if h.breaker != "closed":
-        cell += f" [red]breaker {h.breaker}[/]"
-    return cell
-
-
-def _status_table() -> Table:
-    from tasks.api import catalog_store
-    from tasks.registry import Registry
-    from tasks.routing import CONTROL_QUEUE, server_queue
-
-    store = catalog_store()
-    if store is None:
-        raise BrokerUnavailableError("agentful status needs a Redis or Valkey broker or result backend")
-    registry = Registry(store.url)
-    alive = registry.alive()
-    now = time.time()
-    table = Table("worker", "servers", "in flight", "reserved", "cpu %", "mem %", "beat")
-    for node, beat in sorted(alive.items()):
-        servers = ", ".join(_server_cell(name, h) for name, h in sorted(beat.servers.items()))
-        table.add_row(
-            node,
-            servers,
-            f"{beat.in_flight}/{beat.capacity}",
-            str(beat.reserved),
-            f"{beat.cpu_percent:.0f}",
-            f"{beat.memory_percent:.0f}",
-            f"{now - beat.beat_at_s:.1f}s ago",
-        )
-    for node in registry.dead():
-        table.add_row(node, "[red]no heartbeat[/]", "", "", "", "", "dead")
-    names = sorted({s for b in alive.values() for s in b.servers} | set(get_config().servers))
-    depths = registry.queue_depths([CONTROL_QUEUE, *(server_queue(n) for n in names)])
-    table.caption = "queued: " + ", ".join(f"{q} {n}" for q, n in depths.items())
-    return table
-
-
 @app.command()
 def status(
-    watch: Annotated[bool, typer.Option("--watch", "-w", help="refresh every second until Ctrl-C")] = False,
+    watch: Annotated[bool, typer.Option("--watch", "-w", help="keep it live until Ctrl-C")] = False,
+    as_json: Annotated[bool, typer.Option("--json", help="JSON; with --watch one line a refresh")] = False,
+    decisions: Annotated[int, typer.Option(help="recent scaling decisions to show", min=0)] = 5,
+    interval_s: Annotated[float, typer.Option("--interval", help="seconds between refreshes", min=0.1)] = 1.0,
     config: ConfigOpt = None,
 ) -> None:
-    """Show the cluster: workers, their servers, load and heartbeats, and queue depths."""
+    """Show the cluster: workers, servers (health, breakers), queue depths, calls in flight, scaling."""
     _setup(config)
-    from rich.live import Live
+    from cli.status import run
 
     try:
-        if not watch:
-            console.print(_status_table())
-            return
-        with Live(_status_table(), console=console, refresh_per_second=2) as live:
-            while True:
-                time.sleep(1)
-                live.update(_status_table())
+        run(watch=watch, as_json=as_json, decisions=decisions, interval_s=interval_s, console=console)
     except AgentfulError as exc:
         raise _fail(exc) from None
     except KeyboardInterrupt:
         return
+
+
+@app.command()
+def gateway(
+    config: ConfigOpt = None,
+    host: Annotated[str | None, typer.Option(help="address to bind (else gateway.host)")] = None,
+    port: Annotated[int | None, typer.Option(help="port (else gateway.port)", min=0, max=65535)] = None,
+    stdio: Annotated[bool, typer.Option("--stdio", help="serve one client on stdin/stdout")] = False,
+) -> None:
+    """The MCP gateway: the cluster's tools, resources and prompts at one MCP endpoint."""
+    import logging
+
+    fmt = "%(asctime)s %(levelname)s %(name)s %(message)s"
+    logging.basicConfig(level=logging.INFO, stream=sys.stderr, format=fmt)  # stdout is MCP's in --stdio
+    _setup(config)
+    from gateway.app import serve, serve_stdio
+
+    try:
+        if stdio:
+            serve_stdio(get_config())
+        else:
+            serve(get_config(), host, port)
+    except AgentfulError as exc:
+        raise _fail(exc) from None
+    except KeyboardInterrupt:
+        raise typer.Exit(EXIT_INTERRUPTED) from None
+
+
+def _add_keys() -> None:
+    from gateway.auth.cli import keys_app
+
+    app.add_typer(keys_app, name="keys")
+
+
+_add_keys()
 
 
 def main() -> None:

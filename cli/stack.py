@@ -16,6 +16,7 @@ from pathlib import Path
 from rich.console import Console
 
 from cli.broker import EmbeddedBroker
+from tasks.errors import ConfigError
 from tasks.settings import Settings, get_config, get_settings, reset_caches
 from workers.launcher import DEFAULT_CONCURRENCY, DEFAULT_POOL, WorkerProcess, wait_for
 
@@ -31,6 +32,24 @@ def use_broker(settings: Settings) -> tuple[str, EmbeddedBroker | None]:
     os.environ["AGENTFUL_BROKER_URL"] = url
     reset_caches()
     return url, broker
+
+
+def flower_env(settings: Settings) -> dict[str, str]:
+    """Flower's environment. Credentials reach it as FLOWER_BASIC_AUTH (Flower's own option),
+    never on its command line, which every user of the host can read in `ps`."""
+    env = dict(os.environ)
+    env.pop("AGENTFUL_FLOWER_BASIC_AUTH", None)
+    value = settings.flower_basic_auth.get_secret_value() if settings.flower_basic_auth else ""
+    if value:  # empty (compose's `${VAR:-}`): no login
+        for pair in value.split(","):  # Flower splits the option on commas
+            user, sep, password = pair.partition(":")
+            if not (user and sep and password):
+                raise ConfigError(
+                    "AGENTFUL_FLOWER_BASIC_AUTH / --basic-auth: expected user:password "
+                    "(several separated by commas; no comma inside a password)"
+                )
+        env["FLOWER_BASIC_AUTH"] = value
+    return env
 
 
 @dataclass
@@ -54,6 +73,7 @@ class Stack:
 
     def start(self) -> Stack:
         settings = get_settings()
+        flower_environ = flower_env(settings) if self.flower else None  # a bad login fails first
         self.broker_url, self.broker = use_broker(settings)
         config = get_config()
         servers = settings.worker_servers(config)
@@ -77,12 +97,14 @@ class Stack:
             self._spawn("beat", [*celery, "beat", "-s", str(beat_dir / "schedule"), "-l", "INFO"], logs)
         if self.flower:
             cmd = [*celery, "flower", f"--port={self.flower_port}", "--address=127.0.0.1"]
-            self._spawn("flower", cmd, logs)
+            assert flower_environ is not None
+            flower_environ["AGENTFUL_BROKER_URL"] = self.broker_url
+            self._spawn("flower", cmd, logs, env=flower_environ)
         return self
 
-    def _spawn(self, name: str, cmd: list[str], logs: Path) -> None:
+    def _spawn(self, name: str, cmd: list[str], logs: Path, env: dict[str, str] | None = None) -> None:
         out = (logs / f"{name}.log").open("ab")
-        self.others.append((name, subprocess.Popen(cmd, stdout=out, stderr=subprocess.STDOUT)))
+        self.others.append((name, subprocess.Popen(cmd, stdout=out, stderr=subprocess.STDOUT, env=env)))
 
     def wait_ready(self, timeout_s: float = 60.0) -> bool:
         """True once every worker answers a ping."""

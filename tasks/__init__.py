@@ -4,8 +4,31 @@ from tasks import call_tool, list_tools
 call_tool.delay("time", "get_current_time", {"timezone": "UTC"}).get(timeout=10)
 """
 
-from tasks.api import call_tool, health_check, list_tools, ping
+from tasks.api import (
+    call_tool,
+    cancel_call,
+    get_prompt,
+    health_check,
+    list_prompts,
+    list_resources,
+    list_tools,
+    ping,
+    read_resource,
+)
 from tasks.app import app
 from tasks.contracts import ToolInfo, ToolResult
 
-__all__ = ["ToolInfo", "ToolResult", "app", "call_tool", "health_check", "list_tools", "ping"]
+__all__ = [
+    "ToolInfo",
+    "ToolResult",
+    "app",
+    "call_tool",
+    "cancel_call",
+    "get_prompt",
+    "health_check",
+    "list_prompts",
+    "list_resources",
+    "list_tools",
+    "ping",
+    "read_resource",
+]

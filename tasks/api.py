@@ -10,27 +10,36 @@ payload, no broker) and raises at once; on the worker it runs on a persistent MC
 from __future__ import annotations
 
 import hashlib
+import logging
 import random
+import re
 import threading
 import time
-from typing import Any
+from collections.abc import Callable
+from typing import Any, NoReturn
 
 import kombu.exceptions
 import redis
 from celery import Task
+from celery.exceptions import Ignore, TaskRevokedError
 from celery.result import AsyncResult
+from celery.worker import state as worker_state
 
+from tasks import progress as progress_channel
 from tasks.app import app
 from tasks.catalog import CachedCatalog, RedisCatalogStore, ServerTools, is_redis_url, safe_url
-from tasks.contracts import ToolInfo, ToolResult, get_executor
-from tasks.errors import BrokerUnavailableError, TransientError, UnknownServerError
+from tasks.contracts import ProgressFn, ToolInfo, ToolResult, get_executor
+from tasks.errors import BrokerUnavailableError, InvalidArgumentsError, TransientError, UnknownServerError
 from tasks.policy.backoff import RetryPolicy
 from tasks.registry import Registry
 from tasks.router import ClusterRouter, RedisAffinity
 from tasks.routing import server_queue, use_cluster_router
 from tasks.settings import NO_BROKER_URL, get_config, get_settings
+from tasks.taskrepr import call_repr, kwargs_repr
+from tasks.telemetry import hooks as _telemetry_hooks  # noqa: F401  (trace ids, logs, metrics: Celery signals)
 from tasks.validation import check_arguments_shape, check_call
 
+log = logging.getLogger(__name__)
 _catalog: CachedCatalog | None = None
 
 
@@ -145,11 +154,14 @@ class CallToolTask(_CheckedTask):
             if _stored_state(existing) == "SUCCESS":
                 return existing
         server, tool, arguments = bound.pop("server"), bound.pop("tool"), bound.pop("arguments")
+        # What Flower and task events show: `time.get_current_time(timezone='UTC')`, secrets masked.
+        options.setdefault("argsrepr", call_repr(server, tool, arguments))
+        options.setdefault("kwargsrepr", kwargs_repr(bound))
         return self._publish((server, tool, arguments), bound, task_id, **options)
 
 
 _CALL_PARAMS = ("server", "tool", "arguments")
-_CALL_KEYWORDS = ("project_id", "timeout_s", "idempotency_key")
+_CALL_KEYWORDS = ("project_id", "timeout_s", "idempotency_key", "progress")
 
 
 def _bind_call(args: Any, kwargs: dict[str, Any]) -> dict[str, Any]:
@@ -202,12 +214,15 @@ def call_tool(
     project_id: str | None = None,
     timeout_s: float | None = None,
     idempotency_key: str | None = None,
+    progress: bool = False,
 ) -> ToolResult:
     """Call `tool` on MCP server `server` with `arguments`; return the tool's result as JSON.
 
     `timeout_s` bounds the call on the worker (default: the server's `callTimeoutS`); the server
     is told the call was cancelled when it runs over. `project_id` keeps a project's calls
-    together. With `idempotency_key`, a call whose result is stored is not run again.
+    together. With `idempotency_key`, a call whose result is stored is not run again. With
+    `progress`, the server's progress notifications go to Redis channel
+    `tasks.progress.channel(task_id)`. `cancel_call(task_id)` cancels it, queued or running.
     """
     if idempotency_key and self.request.id:
         previous = self.AsyncResult(self.request.id)
@@ -221,9 +236,19 @@ def call_tool(
         meta = {**(meta or {}), "agentful/project_id": project_id}
     started = time.perf_counter()
     try:
-        raw, attempts = executor.call_tool(server, tool, args, timeout_s=timeout_s, meta=meta)
+        raw, attempts = executor.call_tool(
+            server,
+            tool,
+            args,
+            timeout_s=timeout_s,
+            meta=meta,
+            on_progress=_progress_publisher(self.request.id) if progress else None,
+            cancelled=_revoked_check(self.request.id),
+        )
     except TransientError as exc:
         raise _retry_or_give_up(self, exc) from exc
+    except TaskRevokedError as exc:
+        _mark_cancelled(self, exc)
     attempts += self.request.retries
     return ToolResult(
         server=server,
@@ -262,6 +287,141 @@ def list_tools(self: Task, server: str | None = None) -> dict[str, list[ToolInfo
     for name, tools in executor.ready_tools().items():  # this worker's, if not yet published
         out.setdefault(name, tools)
     return out
+
+
+def _progress_publisher(task_id: str | None) -> ProgressFn | None:
+    """Publishes a call's progress on its channel; nothing without Redis or a task id."""
+    store = catalog_store()
+    if store is None or not task_id:
+        return None
+    url, failed = store.url, False
+
+    def publish(value: float, total: float | None, message: str | None) -> None:
+        nonlocal failed
+        try:
+            progress_channel.publish(url, task_id, value, total, message)
+        except redis.RedisError as exc:  # progress is a courtesy: the call goes on without it
+            if not failed:
+                log.warning("cannot publish progress of %s: %s", task_id, exc)
+            failed = True
+
+    return publish
+
+
+def _revoked_check(task_id: str | None) -> Callable[[], bool] | None:
+    """True once Celery's revoke reached this worker process (threads and solo pools: the
+    control command updates `celery.worker.state.revoked` in the process that runs the call)."""
+    if not task_id:
+        return None
+    return lambda: task_id in worker_state.revoked
+
+
+def _mark_cancelled(task: Task, exc: TaskRevokedError) -> NoReturn:
+    """Store Celery's own REVOKED state, as for a call revoked in the queue; `.get()` raises
+    TaskRevokedError either way. Ignore keeps Celery from overwriting it (and acks the message)."""
+    task.backend.mark_as_revoked(task.request.id, reason=str(exc), request=task.request)
+    raise Ignore(str(exc))
+
+
+def cancel_call(task_id: str, *, terminate: bool = False) -> None:
+    """Cancel a call: queued, it never runs; running (threads pool, the default), the worker
+    cancels the MCP call (the server is sent notifications/cancelled) and the task ends REVOKED.
+
+    Celery's revoke, broadcast to every worker. Under prefork the revoke reaches the main
+    process, not the child running the call: only `terminate=True` stops it there, by killing
+    that child (and its MCP sessions) with SIGTERM. Don't pass `terminate` to threads or solo
+    workers: their pools cannot terminate a job.
+    """
+    _require_broker()
+    try:
+        app.control.revoke(task_id, terminate=terminate)
+    except (kombu.exceptions.OperationalError, redis.RedisError, OSError) as exc:
+        raise BrokerUnavailableError(f"cannot cancel {task_id}: the broker is unreachable ({exc})") from exc
+
+
+# --- resources and prompts ---------------------------------------------------------------
+
+
+class ServerRequestTask(_CheckedTask):
+    """A request to one server's session: the server must be known before anything is queued."""
+
+    request_params: tuple[str, ...] = ("server",)
+
+    def apply_async(
+        self, args: Any = None, kwargs: Any = None, task_id: str | None = None, **options: Any
+    ) -> AsyncResult:
+        bound = dict(zip(self.request_params, args or (), strict=False)) | dict(kwargs or {})
+        unexpected = set(bound) - set(self.request_params)
+        if unexpected or len(args or ()) > len(self.request_params):
+            raise TypeError(f"{self.name} takes ({', '.join(self.request_params)}); got {sorted(bound)}")
+        _require_broker()
+        server = bound.get("server")
+        if not isinstance(server, str) or not server:
+            raise UnknownServerError(f"{self.name}: server must be a server name, got {server!r}")
+        known = set(_catalog_for(server, None)) | set(get_config().servers)
+        if server not in known:
+            raise UnknownServerError(
+                f"unknown MCP server {server!r}; the cluster offers: {', '.join(sorted(known)) or 'none'}"
+            )
+        self.check(bound)
+        return self._publish(args, kwargs, task_id, **options)
+
+    def check(self, bound: dict[str, Any]) -> None:
+        """The task's own cheap checks of its arguments (raise before anything is queued)."""
+
+
+_URI_SCHEME = re.compile(r"^[A-Za-z][A-Za-z0-9+.-]*:")
+
+
+class ReadResourceTask(ServerRequestTask):
+    request_params = ("server", "uri")
+
+    def check(self, bound: dict[str, Any]) -> None:
+        uri = bound.get("uri")
+        if not isinstance(uri, str) or not _URI_SCHEME.match(uri):
+            raise InvalidArgumentsError(
+                f"resource URI must be a string with a scheme (e.g. file:///x), got {uri!r}"
+            )
+
+
+class GetPromptTask(ServerRequestTask):
+    request_params = ("server", "name", "arguments")
+
+    def check(self, bound: dict[str, Any]) -> None:
+        name, arguments = bound.get("name"), bound.get("arguments")
+        if not isinstance(name, str) or not name:
+            raise InvalidArgumentsError(f"prompt name must be a non-empty string, got {name!r}")
+        if arguments is not None and not (
+            isinstance(arguments, dict)
+            and all(isinstance(k, str) and isinstance(v, str) for k, v in arguments.items())
+        ):
+            raise InvalidArgumentsError(
+                f"prompt arguments must be an object of strings (dict[str, str]), got {arguments!r}"
+            )
+
+
+@app.task(base=ServerRequestTask, name="agentful.list_resources")
+def list_resources(server: str) -> dict[str, list[dict[str, Any]]]:
+    """A server's resources and resource templates: {"resources": [...], "resource_templates": [...]}."""
+    return get_executor().list_resources(server)
+
+
+@app.task(base=ReadResourceTask, name="agentful.read_resource")
+def read_resource(server: str, uri: str) -> dict[str, Any]:
+    """One resource's contents: {"contents": [...]} (text or base64 blob items)."""
+    return get_executor().read_resource(server, uri)
+
+
+@app.task(base=ServerRequestTask, name="agentful.list_prompts")
+def list_prompts(server: str) -> dict[str, list[dict[str, Any]]]:
+    """A server's prompts: {"prompts": [...]}."""
+    return get_executor().list_prompts(server)
+
+
+@app.task(base=GetPromptTask, name="agentful.get_prompt")
+def get_prompt(server: str, name: str, arguments: dict[str, str] | None = None) -> dict[str, Any]:
+    """One prompt rendered with `arguments`: {"description": ..., "messages": [...]}."""
+    return get_executor().get_prompt(server, name, arguments)
 
 
 @app.task(name="agentful.ping")

@@ -29,6 +29,10 @@ class ToolInfo(TypedDict):
     input_schema: dict[str, Any]
 
 
+ProgressFn = Callable[[float, float | None, str | None], None]
+"""A progress listener: (progress, total or None, message or None)."""
+
+
 class ToolExecutor(Protocol):
     """Runs calls on a worker's live MCP sessions. The worker runtime registers one per process."""
 
@@ -40,11 +44,37 @@ class ToolExecutor(Protocol):
         *,
         timeout_s: float | None,
         meta: dict[str, Any] | None,
+        on_progress: ProgressFn | None = None,
+        cancelled: Callable[[], bool] | None = None,
     ) -> tuple[dict[str, Any], int]:
-        """Return (the MCP CallToolResult as wire JSON, attempts it took)."""
+        """Return (the MCP CallToolResult as wire JSON, attempts it took).
+
+        `on_progress(progress, total, message)` is called on the caller's thread for each
+        progress notification, in order, all before this returns. When `cancelled()` turns
+        true, the MCP call is cancelled (the server is sent notifications/cancelled) and
+        `celery.exceptions.TaskRevokedError` is raised.
+        """
         ...
 
     def list_tools(self, server: str) -> list[ToolInfo]: ...
+
+    # Resources and prompts: MCP wire dicts (by_alias JSON of the SDK's models). A server
+    # without the capability answers with empty lists.
+    def list_resources(self, server: str) -> dict[str, list[dict[str, Any]]]:
+        """{"resources": [...], "resource_templates": [...]}"""
+        ...
+
+    def read_resource(self, server: str, uri: str) -> dict[str, Any]:
+        """{"contents": [...]}"""
+        ...
+
+    def list_prompts(self, server: str) -> dict[str, list[dict[str, Any]]]:
+        """{"prompts": [...]}"""
+        ...
+
+    def get_prompt(self, server: str, name: str, arguments: dict[str, str] | None) -> dict[str, Any]:
+        """{"description": str | None, "messages": [...]}"""
+        ...
 
     def servers(self) -> list[str]: ...
 

@@ -10,12 +10,13 @@ from __future__ import annotations
 
 import json
 import time
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, fields
 from typing import Any
 
 import redis
 
 from tasks.errors import BrokerUnavailableError
+from tasks.policy.scaling import WindowStats
 
 WORKERS_KEY = "agentful:workers"
 ENTRY_PREFIX = "agentful:worker:"
@@ -55,6 +56,10 @@ class WorkerBeat:
     memory_percent: float
     beat_at_s: float
     servers: dict[str, ServerHealth] = field(default_factory=dict)
+    # For the autoscaler (beat/autoscale.py): since when it has held nothing (None: busy), and
+    # its calls over the last `autoscaling.windowS` (count, failures, latency histogram).
+    idle_since_s: float | None = None
+    calls_window: WindowStats | None = None
 
     def to_json(self) -> str:
         return json.dumps(asdict(self))
@@ -63,7 +68,11 @@ class WorkerBeat:
     def from_json(cls, text: str | bytes) -> WorkerBeat:
         raw: dict[str, Any] = json.loads(text)
         raw["servers"] = {k: ServerHealth(**v) for k, v in raw.get("servers", {}).items()}
-        return cls(**raw)
+        window = raw.get("calls_window")
+        if isinstance(window, dict):
+            raw["calls_window"] = WindowStats(**{**window, "buckets": tuple(window.get("buckets", ()))})
+        known = {f.name for f in fields(cls)}  # a newer worker's extra fields are ignored
+        return cls(**{k: v for k, v in raw.items() if k in known})
 
 
 def worker_queue(node: str) -> str:

@@ -15,6 +15,12 @@ CONTROL_QUEUE = "agentful"
 SERVER_QUEUE_PREFIX = "mcp."
 
 
+# Requests to one server's session (resources, prompts): its shared queue, like list_tools.
+SERVER_REQUEST_TASKS = frozenset(
+    {"agentful.list_resources", "agentful.read_resource", "agentful.list_prompts", "agentful.get_prompt"}
+)
+
+
 def server_queue(server: str) -> str:
     return f"{SERVER_QUEUE_PREFIX}{server}"
 
@@ -36,7 +42,7 @@ def route_task(
     name: str, args: Any, kwargs: Any, options: Any, task: Any = None, **kw: Any
 ) -> dict[str, Any]:
     """Celery `task_routes` function: calls by affinity and load, the rest to the control queue."""
-    if name in ("agentful.call_tool", "agentful.list_tools"):
+    if name in ("agentful.call_tool", "agentful.list_tools") or name in SERVER_REQUEST_TASKS:
         server = _server_of(args, kwargs)
         if server:
             if name == "agentful.call_tool" and _cluster_router is not None:

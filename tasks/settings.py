@@ -7,8 +7,10 @@ from __future__ import annotations
 
 from functools import lru_cache
 from pathlib import Path
+from typing import Literal
+from urllib.parse import parse_qsl, quote, urlencode
 
-from pydantic import Field, ValidationError
+from pydantic import Field, SecretStr, ValidationError, model_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 from tasks.config_file import ConfigFile, load_config_file
@@ -41,6 +43,45 @@ class Settings(BaseSettings):
         default=1.0, ge=0, description="how long a producer trusts its registry copy"
     )
     heartbeat_s: float = Field(default=2.0, gt=0, description="seconds between a worker's heartbeats")
+    flower_basic_auth: SecretStr | None = Field(
+        default=None, description="user:password[,user:password...]: Flower asks for a login"
+    )
+    # Telemetry (docs/observability.md, docs/metrics.md).
+    log_format: Literal["text", "json"] = Field(default="text", description="json: one JSON object a line")
+    metrics_port: str = Field(
+        default="off", pattern=r"^(off|auto|[0-9]{1,5})$", description="/metrics of worker and beat"
+    )
+    metrics_addr: str = Field(default="127.0.0.1", description="address the metrics exporters bind")
+    otel_endpoint: str | None = Field(default=None, description="OTLP/HTTP collector URL: tracing on")
+    sentry_dsn: str | None = Field(default=None, description="Sentry DSN: error reporting on")
+    sentry_environment: str | None = Field(default=None, description="Sentry's environment tag")
+    # A rediss:// broker (docs/security-transport.md): the server's certificate is always verified,
+    # against this CA bundle (unset: the system's); cert + key: the client certificate it may require.
+    broker_ca: Path | None = Field(default=None, description="CA bundle of a rediss:// broker")
+    broker_cert: Path | None = Field(default=None, description="client certificate for a rediss:// broker")
+    broker_key: Path | None = Field(default=None, description="key of broker_cert")
+    # Celery message signing (its `auth` serializer): on when key, cert and cert store are all set.
+    signing_key: Path | None = Field(default=None, description="RSA private key (PEM) that signs messages")
+    signing_key_password: SecretStr | None = Field(default=None, description="if signing_key is encrypted")
+    signing_cert: Path | None = Field(default=None, description="the certificate of signing_key (PEM)")
+    signing_cert_store: Path | None = Field(
+        default=None, description="directory (or glob) of the certificates whose signatures are accepted"
+    )
+
+    @model_validator(mode="after")
+    def _whole_pairs(self) -> Settings:
+        signing = {"SIGNING_KEY": self.signing_key, "SIGNING_CERT": self.signing_cert}
+        signing["SIGNING_CERT_STORE"] = self.signing_cert_store
+        if any(v is not None for v in signing.values()) and any(v is None for v in signing.values()):
+            missing = ", ".join(f"AGENTFUL_{k}" for k, v in signing.items() if v is None)
+            raise ValueError(f"message signing needs its key, cert and cert store: set {missing}")
+        if (self.broker_cert is None) != (self.broker_key is None):
+            raise ValueError("AGENTFUL_BROKER_CERT and AGENTFUL_BROKER_KEY go together")
+        return self
+
+    @property
+    def signing_enabled(self) -> bool:
+        return self.signing_key is not None
 
     def worker_servers(self, config: ConfigFile) -> list[str]:
         """The servers a worker on this host runs: AGENTFUL_SERVERS, or every configured one."""
@@ -71,7 +112,8 @@ def get_settings() -> Settings:
         return Settings()
     except ValidationError as exc:
         problems = "; ".join(
-            f"AGENTFUL_{str(e['loc'][0]).upper()}: {e['msg']}" for e in exc.errors() if e["loc"]
+            f"AGENTFUL_{str(e['loc'][0]).upper()}: {e['msg']}" if e["loc"] else str(e["msg"])
+            for e in exc.errors()
         )
         raise ConfigError(f"environment: {problems}") from exc
 
@@ -92,12 +134,12 @@ def reset_caches() -> None:
 def resolved_broker_url(settings: Settings) -> str:
     """The broker URL: AGENTFUL_BROKER_URL, else the running embedded broker's, else a clear error."""
     if settings.broker_url:
-        return settings.broker_url
+        return with_redis_tls(settings.broker_url, settings)
     state = settings.broker_state_file
     if state.exists():
         url = state.read_text(encoding="utf-8").strip()
         if url:
-            return url
+            return with_redis_tls(url, settings)
     # Celery needs a URL at import time. This one is refused at once, and the publish path
     # recognises it to say "no broker configured" instead of "connection refused".
     return NO_BROKER_URL
@@ -105,7 +147,32 @@ def resolved_broker_url(settings: Settings) -> str:
 
 def resolved_result_backend(settings: Settings, broker_url: str) -> str:
     if settings.result_backend:
-        return settings.result_backend
+        return with_redis_tls(settings.result_backend, settings)
     if broker_url.startswith(("redis://", "rediss://", "valkey://", "valkeys://", "unix://")):
         return broker_url
     return "rpc://"
+
+
+def with_redis_tls(url: str, settings: Settings) -> str:
+    """A rediss:// URL with the TLS parameters of AGENTFUL_BROKER_CA/_CERT/_KEY in its query.
+
+    The URL carries them because every client of the broker reads that one URL: kombu (its
+    `ssl_*` query parameters become `broker_use_ssl`), Celery's Redis result backend (the same
+    keys become `redis_backend_use_ssl`) and redis-py's `from_url` (catalog, registry, failover).
+    `ssl_cert_reqs=required` is always set, so the broker's certificate is verified: kombu's own
+    default for a bare rediss:// URL is CERT_NONE. Parameters already in the URL win.
+    """
+    if not url.startswith("rediss://"):
+        return url
+    base, _, query = url.partition("?")
+    params = dict(parse_qsl(query, keep_blank_values=True))
+    wanted = {
+        "ssl_cert_reqs": "required",
+        "ssl_ca_certs": settings.broker_ca,
+        "ssl_certfile": settings.broker_cert,
+        "ssl_keyfile": settings.broker_key,
+    }
+    for key, value in wanted.items():
+        if value is not None and key not in params:
+            params[key] = str(value)
+    return f"{base}?{urlencode(params, quote_via=quote, safe='/')}"

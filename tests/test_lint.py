@@ -23,6 +23,7 @@ BIN = Path(sys.executable).parent
             "tasks",
             "workers",
             "beat",
+            "gateway",
             "cli",
             "celeryconfig.py",
             "bench",

@@ -13,9 +13,12 @@ import logging
 import os
 import socket
 import threading
+import time
 from typing import Any
 
 from celery.signals import (
+    task_postrun,
+    task_prerun,
     worker_process_init,
     worker_process_shutdown,
     worker_ready,
@@ -27,6 +30,7 @@ from tasks.api import catalog_store
 from tasks.app import app
 from tasks.catalog import is_redis_url
 from tasks.contracts import set_executor_factory
+from tasks.policy.scaling import CallWindow
 from tasks.registry import Registry, ServerHealth, worker_queue
 from tasks.routing import server_queue
 from tasks.settings import get_config, get_settings
@@ -41,6 +45,12 @@ _lock = threading.Lock()
 _node_name = ""
 _heartbeat: Heartbeat | None = None
 _in_process = False
+# The calls this process finished over the last autoscaling.windowS, for the heartbeat (beat's
+# autoscaler reads p95 latency and error rate from it). Filled by the task signals below, in the
+# process that runs the task: the main process for thread and solo pools (prefork children keep
+# their own, which no heartbeat carries: prefork workers report no latency).
+_calls = CallWindow(get_config().autoscaling.window_s)
+_started: dict[str, float] = {}
 
 
 def get_hub() -> SessionHub:
@@ -131,7 +141,23 @@ def _on_ready(sender: Any = None, **_: Any) -> None:
         interval_s=settings.heartbeat_s,
         servers=servers,
         reaper=Reaper(str(app.conf.broker_url), node=_node_name) if _redis_broker() else None,
+        window=lambda: _calls.stats(time.time()),
     ).start()
+
+
+@task_prerun.connect
+def _on_task_start(task_id: str = "", task: Any = None, **_: Any) -> None:
+    if getattr(task, "name", None) == "agentful.call_tool":
+        _started[task_id] = time.monotonic()
+
+
+@task_postrun.connect
+def _on_task_end(task_id: str = "", state: str | None = None, **_: Any) -> None:
+    """A call that succeeded counts as ok (a tool's own is_error too: it is a result); one that
+    failed or is being retried counts as an error."""
+    started = _started.pop(task_id, None)
+    if started is not None:
+        _calls.record(time.time(), time.monotonic() - started, ok=state == "SUCCESS")
 
 
 def _redis_broker() -> bool:

@@ -16,6 +16,7 @@ from collections.abc import Callable
 
 import psutil
 
+from tasks.policy.scaling import WindowStats
 from tasks.registry import Registry, ServerHealth, WorkerBeat, expiry_s
 from workers.failover import Reaper
 
@@ -34,6 +35,7 @@ class Heartbeat:
         interval_s: float,
         servers: Callable[[], dict[str, ServerHealth]],
         reaper: Reaper | None = None,
+        window: Callable[[], WindowStats | None] | None = None,
     ) -> None:
         self.registry = registry
         self.node = node
@@ -42,6 +44,9 @@ class Heartbeat:
         self.interval_s = interval_s
         self.servers = servers
         self.reaper = reaper
+        self.window = window  # the calls of the last autoscaling.windowS (beat's autoscaler)
+        self._idle_since: float | None = time.time()  # None while it holds a call
+        self._done = 0
         self._held: list[str] = []
         self._stop = threading.Event()
         self._thread = threading.Thread(target=self._run, name="agentful-heartbeat", daemon=True)
@@ -66,9 +71,24 @@ class Heartbeat:
             memory_percent=psutil.virtual_memory().percent,
             beat_at_s=time.time(),
             servers=self.servers(),
+            idle_since_s=self.track_idle(),
+            calls_window=self.window() if self.window is not None else None,
         )
         self.registry.publish(beat, ttl_s=expiry_s(self.interval_s))
         return beat
+
+    def track_idle(self) -> float | None:
+        """Since when this worker has held nothing (None: it holds calls now). Checked every
+        HELD_TICK_S; a call that came and went between two checks shows in Celery's task count."""
+        from celery.worker import state
+
+        done = sum(state.total_count.values())
+        if state.active_requests or state.reserved_requests:
+            self._idle_since = None
+        elif self._idle_since is None or done != self._done:
+            self._idle_since = time.time()
+        self._done = done
+        return self._idle_since
 
     def held_tags(self) -> list[str]:
         """Delivery tags of every call this worker holds (reserved or running)."""
@@ -88,6 +108,7 @@ class Heartbeat:
         next_beat = time.monotonic() + self.interval_s
         while not self._stop.wait(HELD_TICK_S):
             try:
+                self.track_idle()
                 if self.reaper is not None:
                     tags = self.held_tags()
                     if tags != self._held:

@@ -11,19 +11,23 @@ import asyncio
 import concurrent.futures
 import logging
 import os
+import queue
 import threading
+import time
 from collections.abc import Callable, Coroutine
 from typing import Any, TypeVar
 
 import anyio
+from celery.exceptions import TaskRevokedError
 
 from tasks.catalog import CatalogStore, ServerTools
 from tasks.config_file import ConfigFile
-from tasks.contracts import ToolInfo
+from tasks.contracts import ProgressFn, ToolInfo
 from tasks.errors import ToolTimeoutError, UnknownServerError
 from tasks.policy.breaker import BreakerPolicy, BreakerStatus
 from tasks.policy.health import HealthPolicy
 from tasks.registry import ServerHealth
+from tasks.telemetry.calls import observe_call
 from workers.session import ServerSession
 
 log = logging.getLogger(__name__)
@@ -32,6 +36,11 @@ T = TypeVar("T")
 # How much longer than a call's own timeout a task waits for the loop before giving up:
 # covers a restart (backoff + reconnect) inside the call.
 _WAIT_MARGIN_S = 5.0
+# How often a waiting task thread looks whether its call was revoked. Celery's revoke only adds
+# the id to `celery.worker.state.revoked` (a set without hooks) for a running task, so the
+# waiting thread looks there; a call that finishes sooner never waits this long.
+_CANCEL_POLL_S = 0.1
+_DONE = object()
 
 
 class SessionHub:
@@ -126,21 +135,95 @@ class SessionHub:
         *,
         timeout_s: float | None,
         meta: dict[str, Any] | None,
+        on_progress: ProgressFn | None = None,
+        cancelled: Callable[[], bool] | None = None,
     ) -> tuple[dict[str, Any], int]:
         session = self._session(server)
         timeout = timeout_s if timeout_s is not None else session.spec.call_timeout_s
         wait_s = 2 * timeout + session.spec.start_timeout_s + _WAIT_MARGIN_S
+        inbox: queue.SimpleQueue[object] = queue.SimpleQueue()
+
+        async def notified(progress: float, total: float | None, message: str | None) -> None:
+            # No await before the put: the SDK spawns one callback per notification, in order.
+            inbox.put((progress, total, message))
 
         async def run() -> tuple[dict[str, Any], int]:
-            result, attempts = await session.call(tool, arguments, timeout_s=timeout, meta=meta)
+            observed.context.apply()  # the task's trace id and log fields, on the loop's task
+            result, attempts = await session.call(
+                tool,
+                arguments,
+                timeout_s=timeout,
+                meta=observed.meta,
+                progress=notified if on_progress else None,
+            )
             return result.model_dump(mode="json", by_alias=True, exclude_none=True), attempts
 
-        return self._run(run(), wait_s)
+        # Metrics, the OpenTelemetry span, and the trace id in `_meta` (tasks/telemetry/calls.py).
+        with observe_call(server, tool, meta) as observed:
+            if on_progress is None and cancelled is None:
+                out = self._run(run(), wait_s)
+            else:
+                out = self._run_watched(run(), wait_s, inbox, on_progress, cancelled)
+            observed.done(out[0])
+            return out
+
+    def _run_watched(
+        self,
+        coro: Coroutine[Any, Any, T],
+        wait_s: float,
+        inbox: queue.SimpleQueue[object],
+        on_progress: ProgressFn | None,
+        cancelled: Callable[[], bool] | None,
+    ) -> T:
+        """Like `_run`, and meanwhile hand progress to `on_progress` here, in order, and cancel
+        the call when `cancelled()` turns true. Every progress event is handed over before the
+        result is returned (the done marker is queued after them, on the loop thread)."""
+        future = asyncio.run_coroutine_threadsafe(coro, self._loop)
+        future.add_done_callback(lambda _: inbox.put(_DONE))
+        deadline = time.monotonic() + wait_s
+        while True:
+            remaining = deadline - time.monotonic()
+            if remaining <= 0:
+                future.cancel()
+                raise ToolTimeoutError(f"the worker's MCP runtime did not answer within {wait_s:.1f} s")
+            try:
+                item = inbox.get(timeout=min(remaining, _CANCEL_POLL_S) if cancelled else remaining)
+            except queue.Empty:
+                item = None
+            if item is _DONE:
+                return future.result()
+            if isinstance(item, tuple) and on_progress is not None:
+                on_progress(*item)
+            if cancelled is not None and cancelled():
+                # Cancels the call's asyncio task: the SDK sends notifications/cancelled.
+                future.cancel()
+                raise TaskRevokedError(
+                    "the call was cancelled while running; the MCP server was told to cancel it"
+                )
 
     def list_tools(self, server: str) -> list[ToolInfo]:
         session = self._session(server)
         tools = self._run(session.list_tools(), session.spec.start_timeout_s + _WAIT_MARGIN_S)
         return [ToolInfo(**t.to_json()) for t in tools.values()]  # type: ignore[typeddict-item]
+
+    def _request_wait_s(self, session: ServerSession) -> float:
+        return session.spec.call_timeout_s + session.spec.start_timeout_s + _WAIT_MARGIN_S
+
+    def list_resources(self, server: str) -> dict[str, list[dict[str, Any]]]:
+        session = self._session(server)
+        return self._run(session.list_resources(), self._request_wait_s(session))
+
+    def read_resource(self, server: str, uri: str) -> dict[str, Any]:
+        session = self._session(server)
+        return self._run(session.read_resource(uri), self._request_wait_s(session))
+
+    def list_prompts(self, server: str) -> dict[str, list[dict[str, Any]]]:
+        session = self._session(server)
+        return self._run(session.list_prompts(), self._request_wait_s(session))
+
+    def get_prompt(self, server: str, name: str, arguments: dict[str, str] | None) -> dict[str, Any]:
+        session = self._session(server)
+        return self._run(session.get_prompt(name, arguments), self._request_wait_s(session))
 
     def ready_tools(self) -> dict[str, list[ToolInfo]]:
         return {

@@ -16,19 +16,22 @@ import time
 from collections.abc import AsyncIterator, Awaitable, Callable
 from contextlib import AsyncExitStack, asynccontextmanager
 from pathlib import Path
-from typing import Any, Literal, TextIO
+from typing import Any, Literal, TextIO, TypeVar
 
 import anyio
 import httpx2
 from mcp import Client, StdioServerParameters
 from mcp.client.stdio import stdio_client
 from mcp.client.streamable_http import streamable_http_client
+from mcp.shared.dispatcher import ProgressFnT
 from mcp.shared.exceptions import MCPError
 from mcp.types import CONNECTION_CLOSED, INVALID_PARAMS, METHOD_NOT_FOUND, CallToolResult, Implementation
+from pydantic import BaseModel
 
 from tasks.catalog import ServerTools, ToolSpec
 from tasks.config_file import ServerSpec
 from tasks.errors import (
+    AgentfulError,
     CircuitOpenError,
     InvalidArgumentsError,
     ServerCrashedError,
@@ -42,6 +45,7 @@ from tasks.errors import (
 )
 from tasks.policy.breaker import BreakerPolicy, BreakerState, BreakerStatus, allow, on_failure, on_success
 from tasks.policy.health import HealthPolicy, HealthState, observe
+from tasks.telemetry.calls import set_connection
 from tasks.validation import check_against_schema
 from workers.guard import guarded_command
 
@@ -104,6 +108,7 @@ class ServerSession:
         self._lost = False
         self._wake: anyio.Event | None = None
         self._changed: anyio.Event | None = None
+        self._auth: httpx2.Auth | None = None
 
     # --- owner task ------------------------------------------------------------------------
 
@@ -156,6 +161,7 @@ class ServerSession:
             self._wake.set()
 
     def _set_state(self, state: State) -> None:
+        set_connection(self.name, state == "ready")  # mcp_active_connections
         self.state = state
         if self._changed is not None:
             self._changed.set()
@@ -176,13 +182,25 @@ class ServerSession:
         else:
             assert self.spec.url is not None
             http = await stack.enter_async_context(
-                httpx2.AsyncClient(headers=self.spec.headers, timeout=httpx2.Timeout(30.0, read=None))
+                httpx2.AsyncClient(
+                    headers=self.spec.headers, timeout=httpx2.Timeout(30.0, read=None), auth=self._http_auth()
+                )
             )
             transport = streamable_http_client(self.spec.url, http_client=http)
         wake = self._wake
         assert wake is not None
         async with Client(_watched(transport, self, wake), client_info=CLIENT_INFO) as client:
             yield client
+
+    def _http_auth(self) -> httpx2.Auth | None:
+        """Client credentials (`oauth` in the spec): one token cache per session, kept across reconnects."""
+        if self.spec.oauth is None:
+            return None
+        if self._auth is None:
+            from gateway.auth.client import auth_for  # light: httpx2 and anyio only
+
+            self._auth = auth_for(self.spec.oauth)
+        return self._auth
 
     def _stdio_transport(self, stack: AsyncExitStack) -> Any:
         assert self.spec.command is not None
@@ -261,7 +279,13 @@ class ServerSession:
         )
 
     async def call(
-        self, tool: str, arguments: dict[str, Any], *, timeout_s: float | None, meta: dict[str, Any] | None
+        self,
+        tool: str,
+        arguments: dict[str, Any],
+        *,
+        timeout_s: float | None,
+        meta: dict[str, Any] | None,
+        progress: ProgressFnT | None = None,
     ) -> tuple[CallToolResult, int]:
         """Call a tool through this worker's circuit breaker for the server.
 
@@ -275,7 +299,7 @@ class ServerSession:
                 f"{self.breaker_policy.threshold} failures in a row ({self.last_error or 'transport faults'})"
             )
         try:
-            out = await self._call(tool, arguments, timeout_s=timeout_s, meta=meta)
+            out = await self._call(tool, arguments, timeout_s=timeout_s, meta=meta, progress=progress)
         except (TransientError, ServerStartError):
             self._set_breaker(on_failure(self.breaker, time.time(), self.breaker_policy))
             raise
@@ -314,7 +338,13 @@ class ServerSession:
                 await anyio.sleep(tick_s)
 
     async def _call(
-        self, tool: str, arguments: dict[str, Any], *, timeout_s: float | None, meta: dict[str, Any] | None
+        self,
+        tool: str,
+        arguments: dict[str, Any],
+        *,
+        timeout_s: float | None,
+        meta: dict[str, Any] | None,
+        progress: ProgressFnT | None = None,
     ) -> tuple[CallToolResult, int]:
         """Call a tool; retry once on a fresh session if the server crashed under the call."""
         timeout = timeout_s if timeout_s is not None else self.spec.call_timeout_s
@@ -331,7 +361,7 @@ class ServerSession:
             started = anyio.current_time()
             try:
                 with anyio.fail_after(timeout):
-                    result = await client.call_tool(tool, arguments, meta=meta)  # type: ignore[arg-type]
+                    result = await client.call_tool(tool, arguments, progress_callback=progress, meta=meta)  # type: ignore[arg-type]
                 self._observe_latency((anyio.current_time() - started) * 1000)
                 return result, attempts
             except TimeoutError:
@@ -394,6 +424,108 @@ class ServerSession:
     async def list_tools(self) -> dict[str, ToolSpec]:
         await self.ready_client()
         return self.tools
+
+    # --- resources and prompts (MCP wire dicts; no capability: empty lists) -----------------
+
+    async def _request(self, what: str, request: Callable[[Client], Awaitable[_R]]) -> _R:
+        """One request on the live session, bounded by `callTimeoutS`, its faults translated."""
+        client = await self.ready_client()
+        timeout = self.spec.call_timeout_s
+        try:
+            with anyio.fail_after(timeout):
+                return await request(client)
+        except TimeoutError:
+            raise ToolTimeoutError(f"{self.name}: {what} did not finish within {timeout} s") from None
+        except AgentfulError:
+            raise
+        except MCPError as exc:
+            if exc.code != CONNECTION_CLOSED:
+                raise _request_error(self.name, what, exc) from exc
+            crash: BaseException = exc
+        except Exception as exc:  # transport faults arrive as many types, often grouped
+            crash = exc
+        self._mark_lost(client)
+        raise ServerCrashedError(
+            f"MCP server {self.name!r} lost the connection during {what}: {describe(crash)}"
+        )
+
+    async def list_resources(self) -> dict[str, list[dict[str, Any]]]:
+        async def run(client: Client) -> dict[str, list[dict[str, Any]]]:
+            out: dict[str, list[dict[str, Any]]] = {"resources": [], "resource_templates": []}
+            if client.server_capabilities.resources is None:
+                return out
+            cursor: str | None = None
+            while True:
+                page = await client.list_resources(cursor=cursor)
+                out["resources"] += [_wire(r) for r in page.resources]
+                if not (cursor := page.next_cursor):
+                    break
+            while True:
+                templates = await client.list_resource_templates(cursor=cursor)
+                out["resource_templates"] += [_wire(t) for t in templates.resource_templates]
+                if not (cursor := templates.next_cursor):
+                    return out
+
+        return await self._request("resources/list", run)
+
+    async def read_resource(self, uri: str) -> dict[str, Any]:
+        async def run(client: Client) -> dict[str, Any]:
+            if client.server_capabilities.resources is None:
+                raise InvalidArgumentsError(f"MCP server {self.name!r} offers no resources ({uri!r})")
+            result = await client.read_resource(uri)
+            return {"contents": [_wire(c) for c in result.contents]}
+
+        return await self._request(f"resources/read {uri!r}", run)
+
+    async def list_prompts(self) -> dict[str, list[dict[str, Any]]]:
+        async def run(client: Client) -> dict[str, list[dict[str, Any]]]:
+            out: dict[str, list[dict[str, Any]]] = {"prompts": []}
+            if client.server_capabilities.prompts is None:
+                return out
+            cursor: str | None = None
+            while True:
+                page = await client.list_prompts(cursor=cursor)
+                out["prompts"] += [_wire(p) for p in page.prompts]
+                if not (cursor := page.next_cursor):
+                    return out
+
+        return await self._request("prompts/list", run)
+
+    async def get_prompt(self, name: str, arguments: dict[str, str] | None) -> dict[str, Any]:
+        async def run(client: Client) -> dict[str, Any]:
+            if client.server_capabilities.prompts is None:
+                raise InvalidArgumentsError(f"MCP server {self.name!r} offers no prompts ({name!r})")
+            try:
+                result = await client.get_prompt(name, arguments)
+            except MCPError as exc:
+                # Some servers hide "unknown prompt" behind an internal error: say it plainly.
+                offered = [p.name for p in (await client.list_prompts()).prompts]
+                if name not in offered:
+                    raise InvalidArgumentsError(
+                        f"MCP server {self.name!r} has no prompt {name!r}; it offers: "
+                        f"{', '.join(offered) or 'none'}",
+                        INVALID_PARAMS,
+                    ) from exc
+                raise
+            return {"description": result.description, "messages": [_wire(m) for m in result.messages]}
+
+        return await self._request(f"prompts/get {name!r}", run)
+
+
+_R = TypeVar("_R")
+
+
+def _wire(model: BaseModel) -> dict[str, Any]:
+    """An SDK model as it travels on the wire (camelCase, no nulls)."""
+    return model.model_dump(mode="json", by_alias=True, exclude_none=True)
+
+
+def _request_error(server: str, what: str, exc: MCPError) -> Exception:
+    """A server's JSON-RPC error to a resources/prompts request; args[1] keeps its code."""
+    text = f"{server}: {what}: the server answered with error {exc.code}: {exc.message}"
+    if exc.code == INVALID_PARAMS:
+        return InvalidArgumentsError(text, exc.code)
+    return ToolProtocolError(text, exc.code)
 
 
 def _protocol_error(server: str, tool: str, exc: MCPError) -> Exception:

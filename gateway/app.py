@@ -1,0 +1,171 @@
+"""The gateway's processes: an ASGI app (Streamable HTTP at /mcp, GET /healthz) and stdio.
+
+    from gateway.app import build_app, serve
+    serve(config, "127.0.0.1", 8765)            # what `agentful gateway` runs
+    app = build_app(config)                     # any ASGI server; its lifespan must run
+
+Auth (gateway/auth/), TLS, the rate limit and the audit log (gateway/security/) are imported
+only when the config switches them on.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import logging
+from collections.abc import AsyncIterator
+from typing import Any
+
+import anyio
+from starlette.applications import Starlette
+from starlette.middleware import Middleware
+from starlette.requests import Request
+from starlette.responses import JSONResponse
+from starlette.routing import BaseRoute, Route
+
+from gateway.server import Gateway
+from tasks.config_file import ConfigFile
+
+log = logging.getLogger(__name__)
+
+MCP_PATH = "/mcp"
+# The largest HTTP body the endpoint reads: the arguments limit (mcp.server.maxRequestBytes)
+# plus room for the JSON-RPC envelope. A bigger body is answered 413 before it is parsed.
+ENVELOPE_BYTES = 64 * 1024
+
+
+def build_gateway(config: ConfigFile) -> Gateway:
+    return Gateway(config)
+
+
+def build_app(config: ConfigFile, gateway: Gateway | None = None) -> Starlette:
+    """The gateway as a Starlette app: MCP (Streamable HTTP, both protocol eras) at /mcp."""
+    gateway = gateway or build_gateway(config)
+    section = config.gateway
+    from tasks.telemetry.hooks import start_gateway_telemetry
+    from tasks.telemetry.metrics import asgi_app
+
+    start_gateway_telemetry()  # JSON logs, tracing, Sentry when configured (docs/observability.md)
+    routes: list[BaseRoute] = [
+        Route("/healthz", _healthz(gateway), methods=["GET"]),
+        Route("/metrics", asgi_app(), methods=["GET"]),  # Prometheus (docs/metrics.md)
+    ]
+    auth_kwargs: dict[str, Any] = {}
+    if section.auth.enabled:
+        from gateway.auth.routes import auth_routes
+        from gateway.auth.verifier import auth_settings, build_token_verifier
+
+        auth_kwargs = {"token_verifier": build_token_verifier(config), "auth": auth_settings(config)}
+        routes.extend(auth_routes(config))
+    sdk_app = gateway.server.streamable_http_app(
+        streamable_http_path=MCP_PATH,
+        json_response=section.json_response,
+        max_request_body_size=config.mcp.server.max_request_bytes + ENVELOPE_BYTES,
+        host=section.host,
+        custom_starlette_routes=routes,  # type: ignore[arg-type]  # Route and Mount alike
+        **auth_kwargs,
+    )
+    if section.auth.enabled:
+        from gateway.auth.guard import install_scope_guard
+
+        def resolve(name: str) -> tuple[str, str] | None:
+            found = gateway.index.route(name)
+            return None if found is None else (found[0].server, found[0].name)
+
+        install_scope_guard(sdk_app, MCP_PATH, resolve)
+
+    from gateway import jsonrpc
+
+    jsonrpc.install(sdk_app, MCP_PATH)
+
+    @contextlib.asynccontextmanager
+    async def lifespan(app: Starlette) -> AsyncIterator[None]:
+        async with gateway.server.session_manager.run():
+            _security_logs(section)
+            await gateway.start()
+            try:
+                yield
+            finally:
+                await gateway.stop()
+
+    middleware: list[Middleware] = list(sdk_app.user_middleware)
+    if section.rate_limit.enabled:
+        from gateway.security.ratelimit import RateLimitMiddleware
+
+        # After (inside) the SDK's AuthenticationMiddleware: it sets scope["user"], so a bucket
+        # is per OAuth client when a token came, else per peer address.
+        middleware.append(Middleware(RateLimitMiddleware, section=section.rate_limit))
+    app = Starlette(routes=list(sdk_app.routes), middleware=middleware, lifespan=lifespan)
+    app.state.gateway = gateway
+    return app
+
+
+def _security_logs(section: Any) -> None:
+    """Mask secrets in every log handler configured by now (Gateway.start opens the audit log)."""
+    from gateway.security import redact
+
+    redact.install()
+
+
+def _healthz(gateway: Gateway) -> Any:
+    async def healthz(request: Request) -> JSONResponse:
+        ready = gateway.waiter is not None
+        servers = sorted({route.server for route, _ in gateway.index.tools.values()})
+        body = {
+            "status": "ok" if ready else "starting",
+            "tools": len(gateway.index.tools),
+            "servers": servers,
+        }
+        return JSONResponse(body, status_code=200 if ready else 503)
+
+    return healthz
+
+
+def uvicorn_config(config: ConfigFile, host: str | None = None, port: int | None = None) -> Any:
+    """The uvicorn.Config of `serve` (TLS from gateway.security.tls when a certificate is set)."""
+    import uvicorn
+
+    section = config.gateway
+    ssl_kwargs: dict[str, Any] = {}
+    if section.tls.cert_file:
+        from gateway.security.tls import uvicorn_ssl
+
+        ssl_kwargs = uvicorn_ssl(section.tls)
+    return uvicorn.Config(
+        build_app(config),
+        host=host or section.host,
+        port=section.port if port is None else port,
+        log_level="info",
+        # No access log: a line per request costs more than the call's own work here, and the
+        # audit log (gateway.security.audit) already records every call.
+        access_log=False,
+        lifespan="on",
+        timeout_graceful_shutdown=5,
+        **ssl_kwargs,
+    )
+
+
+def serve(config: ConfigFile, host: str | None = None, port: int | None = None) -> None:
+    """Serve the gateway over Streamable HTTP until interrupted."""
+    import uvicorn
+
+    uvicorn.Server(uvicorn_config(config, host, port)).run()
+
+
+def serve_stdio(config: ConfigFile) -> None:
+    """Serve the gateway to one client over stdin/stdout (as a subprocess of an MCP client)."""
+    from mcp.server.stdio import stdio_server
+
+    async def main() -> None:
+        gateway = build_gateway(config)
+        # stdio has no bearer tokens: the caller is the local user who started this process, as
+        # with any stdio MCP server, so gateway.auth applies to Streamable HTTP only.
+        gateway.auth_enabled = False
+        _security_logs(config.gateway)
+        await gateway.start()
+        try:
+            async with stdio_server() as (read, write):
+                await gateway.server.run(read, write, gateway.server.create_initialization_options())
+        finally:
+            await gateway.stop()
+
+    anyio.run(main)

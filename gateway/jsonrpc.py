@@ -1,0 +1,106 @@
+"""`-32600 Invalid Request` for a POST body that is JSON but not JSON-RPC 2.0.
+
+The SDK's Streamable HTTP transport answers a body it cannot validate as a JSON-RPC message
+with `-32602` (its pydantic error), where JSON-RPC 2.0 (section 5.1) says `-32600`. This ASGI
+wrapper of the MCP endpoint reads a POST body, and when it parses as JSON but is not a JSON-RPC
+message (or a batch of them), answers 400 with `-32600` naming what is missing. Everything else,
+malformed JSON included (the SDK's `-32700`), passes through with the body replayed unchanged.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+from typing import Any
+
+from starlette.types import ASGIApp, Message, Receive, Scope, Send
+
+INVALID_REQUEST = -32600
+
+
+def shape_error(payload: Any) -> str | None:
+    """Why `payload` (parsed JSON) is not a JSON-RPC 2.0 message or batch; None if it is. Pure."""
+    messages = payload if isinstance(payload, list) else [payload]
+    if not messages:
+        return "an empty batch"
+    for msg in messages:
+        if not isinstance(msg, dict):
+            return f"a JSON-RPC message is an object, got {type(msg).__name__}"
+        if msg.get("jsonrpc") != "2.0":
+            return 'a JSON-RPC 2.0 message has "jsonrpc": "2.0"'
+        if "method" in msg:
+            if not isinstance(msg["method"], str):
+                return '"method" must be a string'
+        elif "result" not in msg and "error" not in msg:
+            return 'a JSON-RPC message has "method" (request, notification), or "result" or "error"'
+    return None
+
+
+class JsonRpcShapeGuard:
+    def __init__(self, app: ASGIApp) -> None:
+        self.app = app
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] != "http" or scope.get("method") != "POST":
+            await self.app(scope, receive, send)
+            return
+        chunks: list[bytes] = []
+        while True:
+            message = await receive()
+            if message["type"] != "http.request":
+                return  # the client went away: nobody to answer
+            chunks.append(message.get("body", b""))
+            if not message.get("more_body", False):
+                break
+        body = b"".join(chunks)
+        why = None
+        with contextlib.suppress(ValueError):  # not JSON: the SDK's own parse error (-32700)
+            why = shape_error(json.loads(body))
+        if why is not None:
+            payload = json.dumps(
+                {
+                    "jsonrpc": "2.0",
+                    "id": None,
+                    "error": {"code": INVALID_REQUEST, "message": f"Invalid Request: {why}"},
+                }
+            ).encode()
+            await send(
+                {
+                    "type": "http.response.start",
+                    "status": 400,
+                    "headers": [
+                        (b"content-type", b"application/json"),
+                        (b"content-length", str(len(payload)).encode()),
+                    ],
+                }
+            )
+            await send({"type": "http.response.body", "body": payload})
+            return
+        await self.app(scope, _replay(body, receive), send)
+
+
+def _replay(body: bytes, receive: Receive) -> Receive:
+    pending: list[Message] = [{"type": "http.request", "body": body, "more_body": False}]
+
+    async def replay() -> Message:
+        if pending:
+            return pending.pop(0)
+        return await receive()
+
+    return replay
+
+
+def install(app: Any, path: str) -> bool:
+    """Wrap the MCP endpoint at `path` of an app built by the SDK's `streamable_http_app`, inside
+    its RequireAuthMiddleware when auth is on (a request without a token is still a 401)."""
+    from mcp.server.auth.middleware.bearer_auth import RequireAuthMiddleware
+
+    for route in getattr(app, "routes", []):
+        if getattr(route, "path", None) != path or not hasattr(route, "app"):
+            continue
+        if isinstance(route.app, RequireAuthMiddleware):
+            route.app.app = JsonRpcShapeGuard(route.app.app)
+        else:
+            route.app = JsonRpcShapeGuard(route.app)
+        return True
+    return False

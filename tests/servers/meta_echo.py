@@ -1,0 +1,45 @@
+"""A tiny stdio MCP server whose `meta` tool returns the `_meta` of the request that called it.
+
+    python -m tests.servers.meta_echo        (or: python tests/servers/meta_echo.py)
+
+Used to show what a worker passes to an MCP server: trace id, task id, traceparent.
+"""
+
+from __future__ import annotations
+
+import json
+from typing import Any
+
+from mcp.server.mcpserver import Context, MCPServer
+
+server = MCPServer("meta-echo")
+
+
+@server.tool()
+def meta(ctx: Context) -> str:
+    """Return this request's `_meta` as a JSON object."""
+    raw: Any = ctx.request_context.meta
+    if raw is None:
+        return "{}"
+    dump = getattr(raw, "model_dump", None)
+    data = dump(mode="json", by_alias=True, exclude_none=True) if dump else dict(raw)
+    return json.dumps(data, sort_keys=True)
+
+
+@server.tool()
+async def sleep(seconds: float) -> str:
+    """Sleep, then say so: a slow tool."""
+    import anyio
+
+    await anyio.sleep(seconds)
+    return f"slept {seconds}"
+
+
+@server.tool()
+def fail(reason: str = "failing on purpose") -> str:
+    """Raise: a tool error the worker reports as is_error."""
+    raise ValueError(reason)
+
+
+if __name__ == "__main__":
+    server.run("stdio")
