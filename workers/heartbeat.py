@@ -126,6 +126,9 @@ class Heartbeat:
     def stop(self) -> None:
         """Stop beating and withdraw: new calls stop coming here."""
         self._stop.set()
+        # A beat in progress would publish the entry again after the withdraw: let it finish.
+        if self._thread.is_alive() and self._thread is not threading.current_thread():
+            self._thread.join(timeout=5)
         try:
             self.registry.withdraw(self.node)
             if self.reaper is not None:
