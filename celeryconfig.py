@@ -76,9 +76,9 @@ worker_send_task_events = False
 worker_hijack_root_logger = False
 
 beat_schedule = _beat_schedule(get_config())
-# Runs the schedule only while this beat holds the leader lease (one beat acts), and runs the
-# autoscaler's entry inside beat (beat/autoscale.py, docs/autoscaling.md).
-beat_scheduler = "beat.autoscale:AgentfulScheduler"
+# Runs the schedule only while this beat holds the leader lease (one beat acts), and runs beat's
+# own jobs (autoscaler, signing key rotation) inside beat (beat/scheduler.py, docs/autoscaling.md).
+beat_scheduler = "beat.scheduler:AgentfulScheduler"
 
 if __name__ == "__main__":
     for _key, _value in sorted(globals().items()):

@@ -2,19 +2,20 @@
 provider (beat/providers/), record the decision.
 
 Where it runs: inside beat's own process. The schedule has an `autoscale` entry (task name
-`agentful.autoscale`, every `autoscaling.intervalS`) so it shows with the others, but
-`AgentfulScheduler` (celeryconfig's `beat_scheduler`) runs that entry itself instead of sending
-it: the local-process provider must start workers on the host the operator chose for the control
-loop (where `agentful beat` / `agentful up` runs), not on whichever worker took a control-queue
-task, and a worker must never be the one that stops itself.
+`agentful.autoscale`, every `autoscaling.intervalS`) so it shows with the others, but beat's
+scheduler (beat/scheduler.py `AgentfulScheduler`, celeryconfig's `beat_scheduler`) runs that entry
+itself instead of sending it: the local-process provider must start workers on the host the
+operator chose for the control loop (where `agentful beat` / `agentful up` runs), not on whichever
+worker took a control-queue task, and a worker must never be the one that stops itself.
 
-Only one beat acts: `AgentfulScheduler` runs any entry only while it holds the leader lease
+Only one beat acts: the scheduler runs any entry only while it holds the leader lease
 (beat/lock.py); a second beat started by mistake waits. The time of the last change is kept in
 Redis, so a beat that takes over keeps the cooldown.
 
 Measurements, all from what workers already send: the heartbeats in the registry (CPU and
 memory of each worker's host, whether it holds calls and since when it is idle, and a rolling
-window of its calls: count, failures, latency histogram) and the broker's queue lengths.
+window of its calls: count, failures, latency histogram) and the broker's queue lengths
+(tasks/queues.py).
 Decisions go to the capped Redis list `agentful:scaling:decisions` (newest first, 50 kept;
 `recent_decisions(n)` reads it); a hold is written only when it differs from the last entry.
 """
@@ -30,41 +31,38 @@ from dataclasses import replace
 from typing import Any
 
 import redis
-from celery.beat import PersistentScheduler
 
 from beat.lock import LeaderLease
 from beat.providers import Provider, ProviderError, make_provider
 from beat.providers.local import LocalProcessProvider
-from tasks.catalog import is_redis_url
 from tasks.errors import BrokerUnavailableError
 from tasks.policy.scaling import Decision, Measurements, ScalingConfig, decide, merge_windows
-from tasks.registry import Registry, worker_queue
-from tasks.routing import CONTROL_QUEUE, server_queue
+from tasks.queues import agentful_queues, queue_depths
+from tasks.registry import Registry
 from tasks.telemetry import metrics
 
 log = logging.getLogger(__name__)
 
-AUTOSCALE_TASK = "agentful.autoscale"
 DECISIONS_KEY = "agentful:scaling:decisions"
 DECISIONS_KEPT = 50
 LAST_CHANGE_KEY = "agentful:scaling:last_change"
-# kombu's Redis transport keeps a queue's priority bands 3, 6, 9 in lists named <queue><sep><n>.
-PRIORITY_SEP = "\x06\x16"
-PRIORITY_BANDS = (3, 6, 9)
 
 
-def _client(url: str) -> redis.Redis:
+def redis_client(url: str) -> redis.Redis:
     return redis.Redis.from_url(url, socket_connect_timeout=3, socket_timeout=5)
 
 
-def recent_decisions(n: int = 10) -> list[dict[str, Any]]:
-    """The newest `n` scaling decisions, newest first (on the catalog store's Redis)."""
-    from tasks.api import catalog_store
+def recent_decisions(n: int = 10, *, store_url: str | None = None) -> list[dict[str, Any]]:
+    """The newest `n` scaling decisions, newest first (on `store_url`, else the catalog store's
+    Redis); an entry that is not a JSON object is skipped."""
+    if store_url is None:
+        from tasks.api import catalog_store
 
-    store = catalog_store()
-    if store is None or n <= 0:
+        store = catalog_store()
+        store_url = store.url if store is not None else None
+    if store_url is None or n <= 0:
         return []
-    client = _client(store.url)
+    client = redis_client(store_url)
     try:
         raw: list[bytes] = client.lrange(DECISIONS_KEY, 0, n - 1)  # type: ignore[assignment]
     except redis.RedisError as exc:
@@ -79,43 +77,6 @@ def recent_decisions(n: int = 10) -> list[dict[str, Any]]:
             continue
         if isinstance(entry, dict):
             out.append(entry)
-    return out
-
-
-def broker_queue_depths(broker_url: str, queues: Sequence[str]) -> dict[str, int]:
-    """Calls waiting in each queue: Redis LLEN of the queue and its priority-band lists;
-    RabbitMQ a passive queue_declare's message_count (a queue not declared yet counts 0)."""
-    if is_redis_url(broker_url):
-        client = _client(broker_url)
-        try:
-            pipe = client.pipeline(transaction=False)
-            for q in queues:
-                pipe.llen(q)
-                for band in PRIORITY_BANDS:
-                    pipe.llen(f"{q}{PRIORITY_SEP}{band}")
-            counts = [int(n) for n in pipe.execute()]
-        except redis.RedisError as exc:
-            raise BrokerUnavailableError(f"cannot read queue depths: {exc}") from exc
-        finally:
-            client.close()
-        per = 1 + len(PRIORITY_BANDS)
-        return {q: sum(counts[i * per : (i + 1) * per]) for i, q in enumerate(queues)}
-    from kombu.connection import Connection
-    from kombu.exceptions import OperationalError
-
-    out: dict[str, int] = {}
-    try:
-        with Connection(broker_url, connect_timeout=3) as conn:  # type: ignore[no-untyped-call]
-            channel = conn.channel()
-            for q in queues:
-                try:
-                    out[q] = int(channel.queue_declare(queue=q, passive=True).message_count)
-                except conn.channel_errors:  # NOT_FOUND closes the channel
-                    out[q] = 0
-                    channel = conn.channel()
-            channel.close()
-    except (OperationalError, OSError) as exc:
-        raise BrokerUnavailableError(f"cannot read queue depths: {exc}") from exc
     return out
 
 
@@ -143,14 +104,11 @@ class Autoscaler:
         self.provider = provider
         self.broker_url = broker_url
         self.servers = list(servers)
-        self.client = _client(store_url)
+        self.client = redis_client(store_url)
         self.registry = Registry(store_url)
         self.lease = lease or LeaderLease(self.client, ttl_s=lease_ttl_s(section))
         self.clock = clock
         self._cpu: deque[tuple[float, float]] = deque()
-
-    def queues(self, nodes: Sequence[str]) -> list[str]:
-        return [CONTROL_QUEUE, *(server_queue(s) for s in self.servers), *(worker_queue(n) for n in nodes)]
 
     def measure(self, now: float) -> Measurements:
         alive = self.registry.alive()
@@ -167,7 +125,7 @@ class Autoscaler:
             for b in beats
             if b.idle_since_s is not None and b.in_flight == 0 and b.reserved == 0
         }
-        depth = sum(broker_queue_depths(self.broker_url, self.queues(sorted(alive))).values())
+        depth = sum(queue_depths(self.broker_url, agentful_queues(self.servers, alive)).values())
         return Measurements(
             cpu_samples=tuple(self._cpu),
             memory_percent=max((b.memory_percent for b in beats), default=None),
@@ -272,77 +230,3 @@ def local_provider() -> LocalProcessProvider | None:
     servers = list(section.local.servers) if section.local.servers is not None else list(get_config().servers)
     provider = make_provider(section, app=None, data_dir=get_settings().data_dir, servers=servers)
     return provider if isinstance(provider, LocalProcessProvider) else None
-
-
-class AgentfulScheduler(PersistentScheduler):  # type: ignore[misc]
-    """Celery's persistent scheduler that runs only while it holds the leader lease, and runs the
-    `agentful.autoscale` entry in this process instead of sending it."""
-
-    def __init__(self, *args: Any, **kwargs: Any) -> None:
-        self._lease: LeaderLease | None = None
-        self._lease_tried = False
-        self._leading: bool | None = None
-        self._autoscaler: Autoscaler | None = None
-        self._autoscaler_tried = False
-        super().__init__(*args, **kwargs)
-        self.max_interval: float = min(float(self.max_interval), self._ttl() / 3)
-
-    def _ttl(self) -> float:
-        from tasks.settings import get_config
-
-        return lease_ttl_s(get_config().autoscaling)
-
-    def _get_lease(self) -> LeaderLease | None:
-        if not self._lease_tried:
-            self._lease_tried = True
-            from tasks.api import catalog_store
-
-            store = catalog_store()
-            if store is None:
-                log.warning("no Redis broker or backend: no leader lease, this beat acts alone")
-            else:
-                self._lease = LeaderLease(_client(store.url), ttl_s=self._ttl())
-        return self._lease
-
-    def lead(self) -> bool:
-        lease = self._get_lease()
-        leading = True if lease is None else lease.hold()
-        if leading != self._leading:
-            if leading:
-                log.info("beat: leading (lease %s)", lease.identity if lease else "none")
-            else:
-                holder = lease.holder() if lease else None
-                log.warning("beat: another beat leads (%s); this one waits", holder)
-            self._leading = leading
-        return leading
-
-    def tick(self, *args: Any, **kwargs: Any) -> float:
-        if not self.lead():
-            return float(self.max_interval)
-        return float(super().tick(*args, **kwargs))
-
-    def apply_entry(self, entry: Any, producer: Any = None) -> None:
-        if entry.task == AUTOSCALE_TASK:  # not "Sending due task" every interval: it runs here
-            self.apply_async(entry, producer=producer, advance=False)
-            return
-        super().apply_entry(entry, producer=producer)
-
-    def apply_async(self, entry: Any, producer: Any = None, advance: bool = True, **kwargs: Any) -> Any:
-        if entry.task != AUTOSCALE_TASK:
-            return super().apply_async(entry, producer=producer, advance=advance, **kwargs)
-        if advance:
-            self.reserve(entry)
-        if not self._autoscaler_tried:
-            self._autoscaler_tried = True
-            self._autoscaler = build_autoscaler(self.app, lease=self._get_lease())
-        if self._autoscaler is not None:
-            try:
-                self._autoscaler.evaluate()
-            except Exception:  # one bad evaluation must not stop beat
-                log.exception("autoscaler evaluation failed")
-        return None
-
-    def close(self) -> None:
-        if self._lease is not None:
-            self._lease.release()
-        super().close()

@@ -10,11 +10,14 @@ Periodic tool calls from the config file's `schedules`: one entry each, named as
 that submits `call_tool(server, tool, arguments)` every `every` seconds or on its `crontab`
 line, as any caller would (checked against the catalog, routed to the server's queue).
 
-Signing key rotation for the gateway's built-in issuer (gateway/auth/rotation.py): a daily check
-that makes a new key once the current one is `gateway.auth.rotationDays` old.
-
-Autoscaling, when `autoscaling.enabled`: the `autoscale` entry every `autoscaling.intervalS`,
-evaluated inside beat itself (beat/autoscale.py, docs/autoscaling.md).
+Beat's own jobs, run inside beat's process by its scheduler (beat/scheduler.py), never sent to
+a worker, so no worker needs their code:
+- autoscaling, when `autoscaling.enabled`: the `autoscale` entry every `autoscaling.intervalS`
+  (beat/autoscale.py, docs/autoscaling.md);
+- signing key rotation for the gateway's built-in issuer (gateway/auth/rotation.py): the
+  `rotate-signing-keys` entry, checked at beat's start and then daily, makes a new key once the
+  current one is `gateway.auth.rotationDays` old. Nothing here imports the gateway: celeryconfig
+  loads this module in every process.
 """
 
 from __future__ import annotations
@@ -22,6 +25,12 @@ from __future__ import annotations
 from typing import Any
 
 from tasks.config_file import ConfigFile
+
+AUTOSCALE_TASK = "agentful.autoscale"
+ROTATE_KEYS_TASK = "agentful.rotate_signing_keys"
+ROTATION_CHECK_S = 86_400.0
+# Tasks with these names are jobs beat runs itself (beat/scheduler.py); no worker registers them.
+IN_BEAT_TASKS = frozenset({AUTOSCALE_TASK, ROTATE_KEYS_TASK})
 
 
 def beat_schedule(config: ConfigFile) -> dict[str, dict[str, Any]]:
@@ -44,11 +53,8 @@ def beat_schedule(config: ConfigFile) -> dict[str, dict[str, Any]]:
             entry["options"] = {"priority": spec.priority}
         entries[name] = entry
     if config.autoscaling.enabled:
-        # Run by beat itself (beat/autoscale.py's AgentfulScheduler), never sent to a worker.
-        entries["autoscale"] = {"task": "agentful.autoscale", "schedule": config.autoscaling.interval_s}
+        entries["autoscale"] = {"task": AUTOSCALE_TASK, "schedule": config.autoscaling.interval_s}
     if config.gateway.auth.enabled and config.gateway.auth.external is None:
-        # Importing it registers the task on every process that loads this schedule (workers too).
-        from gateway.auth.rotation import beat_entry
-
-        entries["rotate-signing-keys"] = beat_entry()  # daily check; rotates when a key is rotationDays old
+        # A daily check; it rotates when the signing key is rotationDays old.
+        entries["rotate-signing-keys"] = {"task": ROTATE_KEYS_TASK, "schedule": ROTATION_CHECK_S}
     return entries

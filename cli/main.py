@@ -12,15 +12,14 @@ import signal
 import subprocess
 import sys
 import time
-from pathlib import Path
 from typing import Annotated, Any
 
 import typer
-from rich.console import Console
 from rich.table import Table
 
+from cli.common import ConfigOpt, console, err, setup
 from tasks.errors import AgentfulError, ConfigError, PermanentError
-from tasks.settings import get_config, get_settings, reset_caches
+from tasks.settings import get_config, get_settings
 
 EXIT_OK = 0
 EXIT_CALL_FAILED = 1  # the call ran and failed, or demo calls failed
@@ -34,30 +33,7 @@ HELP = (
     "embedded Valkey broker when AGENTFUL_BROKER_URL is not set."
 )
 app = typer.Typer(add_completion=False, no_args_is_help=True, help=HELP)
-console = Console()
-err = Console(stderr=True)
-
-ConfigOpt = Annotated[
-    Path | None,
-    typer.Option("--config", "-c", help="JSON config file (else AGENTFUL_CONFIG)", dir_okay=False),
-]
-
-
-def _setup(config: Path | None) -> None:
-    """Apply CLI options to the environment, then validate settings and config once."""
-    if config is not None:
-        os.environ["AGENTFUL_CONFIG"] = str(config.resolve())
-    reset_caches()
-    try:
-        get_settings()
-        get_config()
-    except ConfigError as exc:
-        err.print(f"[red]error:[/] {exc}")
-        raise typer.Exit(EXIT_BAD_INPUT) from None
-    if get_settings().log_format == "json":  # the CLI's own log records (warnings up) as JSON lines
-        from tasks.telemetry.logs import configure
-
-        configure("agentful-cli", fmt="json", level="WARNING")
+_setup = setup
 
 
 def _fail(exc: AgentfulError) -> typer.Exit:

@@ -3,46 +3,38 @@
 Everything comes from what the cluster already publishes, with no broadcast round trip:
 - workers, their servers (state, health, breaker, latency), calls in flight and reserved, CPU
   and memory: the registry of heartbeats (tasks/registry.py);
-- queue depths: the broker itself, through kombu's own passive `queue_declare`, which on Redis
-  sums every priority band of a queue (kombu keeps one list per band) and on RabbitMQ asks the
-  broker; queues are the control queue, each server's and each known worker's, plus, on Redis,
-  any other agentful queue kombu has a binding for that holds calls (a server nobody runs now);
-- scaling decisions: beat's autoscaler (`beat.autoscale.recent_decisions`), or the Redis list
-  it writes when that module is not installed.
+- queue depths: the broker itself (tasks/queues.py: every priority band on Redis, a passive
+  declare on RabbitMQ); queues are the control queue, each server's and each known worker's,
+  plus, on Redis, any other agentful queue kombu has a binding for that holds calls (a server
+  nobody runs now);
+- scaling decisions: the list beat's autoscaler writes (`beat.autoscale.recent_decisions`).
 """
 
 from __future__ import annotations
 
-import importlib
 import json
 import signal
 import time
 from dataclasses import asdict
-from typing import Any, cast
+from typing import Any
 
-import redis
 from rich.console import Console, Group, RenderableType
 from rich.table import Table
 from rich.text import Text
 
 from tasks.errors import BrokerUnavailableError
 
-DECISIONS_KEY = "agentful:scaling:decisions"
-AGENTFUL_QUEUE_PREFIXES = ("mcp.", "worker.")
-KOMBU_BINDING_PREFIX = "_kombu.binding."  # kombu's Redis transport: one set of bindings per exchange
-KOMBU_SEP = "\x06\x16"  # kombu's Redis transport: the separator inside a binding entry
-
-
 # -- collecting -----------------------------------------------------------------------------------
 
 
 def collect(decisions: int = 5) -> dict[str, Any]:
     """One JSON-ready snapshot of the cluster. Raises BrokerUnavailableError."""
+    from beat.autoscale import recent_decisions
     from tasks import app
     from tasks.api import catalog_store
     from tasks.catalog import safe_url
-    from tasks.registry import Registry, worker_queue
-    from tasks.routing import CONTROL_QUEUE, server_queue
+    from tasks.queues import agentful_queues, bound_queues, queue_depths
+    from tasks.registry import Registry
     from tasks.settings import get_config
 
     store = catalog_store()
@@ -56,13 +48,12 @@ def collect(decisions: int = 5) -> dict[str, Any]:
         {**asdict(beat), "beat_age_s": round(now - beat.beat_at_s, 3)} for _, beat in sorted(alive.items())
     ]
     names = sorted({s for b in alive.values() for s in b.servers} | set(get_config().servers))
-    queues = [CONTROL_QUEUE, *(server_queue(n) for n in names)]
-    queues += [worker_queue(n) for n in sorted([*alive, *dead])]
+    queues = agentful_queues(names, [*alive, *dead])
     broker_url = str(app.conf.broker_url)
     # Queues kombu declared once and nobody knows now (a server or worker long gone): only shown
     # while calls wait in them; bindings are never deleted, so the empty ones would pile up.
-    found = [q for q in _bound_queues(broker_url) if q not in queues]
-    depths = queue_depths(queues + found)
+    found = [q for q in bound_queues(broker_url) if q not in queues]
+    depths = queue_depths(broker_url, queues + found)
     depths = {q: n for q, n in depths.items() if n or q not in found}
     return {
         "at": now,
@@ -74,7 +65,7 @@ def collect(decisions: int = 5) -> dict[str, Any]:
         "in_flight": sum(w["in_flight"] for w in workers),
         "reserved": sum(w["reserved"] for w in workers),
         "capacity": sum(w["capacity"] for w in workers),
-        "scaling_decisions": recent_decisions(store.url, decisions),
+        "scaling_decisions": recent_decisions(decisions, store_url=store.url),
     }
 
 
@@ -92,82 +83,6 @@ def _servers(names: list[str], workers: list[dict[str, Any]]) -> dict[str, dict[
             "calls": sum(h["calls"] for _, h in runs),
             "errors": sum(h["errors"] for _, h in runs),
         }
-    return out
-
-
-def _bound_queues(broker_url: str) -> list[str]:
-    """Agentful queues kombu declared on a Redis broker (its binding sets); [] on other brokers."""
-    from tasks.catalog import is_redis_url
-
-    if not is_redis_url(broker_url):
-        return []
-    client = redis.Redis.from_url(broker_url, socket_connect_timeout=3, socket_timeout=5)
-    found: set[str] = set()
-    try:
-        for key in client.scan_iter(match=KOMBU_BINDING_PREFIX + "*", count=500):
-            members = cast("set[bytes]", client.smembers(key))
-            for member in members:
-                queue = member.decode(errors="replace").split(KOMBU_SEP)[-1]
-                if queue.startswith(AGENTFUL_QUEUE_PREFIXES):
-                    found.add(queue)
-    except redis.RedisError as exc:
-        raise BrokerUnavailableError(f"cannot read the broker's queues: {exc}") from exc
-    finally:
-        client.close()
-    return sorted(found)
-
-
-def queue_depths(queues: list[str]) -> dict[str, int]:
-    """Messages waiting in each queue, by kombu's passive declare (all priority bands on Redis).
-
-    A queue that does not exist (never declared, or empty on Redis) has 0 waiting.
-    """
-    from kombu.exceptions import ChannelError, OperationalError
-
-    from tasks import app
-
-    out: dict[str, int] = {}
-    try:
-        with app.connection_for_read() as conn:
-            conn.ensure_connection(max_retries=1, timeout=4)
-            channel = conn.channel()
-            for queue in queues:
-                try:
-                    out[queue] = int(channel.queue_declare(queue=queue, passive=True).message_count)
-                except ChannelError:  # NOT_FOUND; on AMQP the channel is closed with it
-                    out[queue] = 0
-                    channel = conn.channel()
-            channel.close()
-    except (OperationalError, OSError, redis.RedisError) as exc:
-        raise BrokerUnavailableError(f"cannot read queue depths from the broker: {exc}") from exc
-    return out
-
-
-def recent_decisions(store_url: str, n: int) -> list[dict[str, Any]]:
-    """The newest `n` scaling decisions, newest first."""
-    if n <= 0:
-        return []
-    try:  # by name: beat/autoscale may not be installed (yet) where status runs
-        from_beat = getattr(importlib.import_module("beat.autoscale"), "recent_decisions", None)
-    except ImportError:
-        from_beat = None
-    if callable(from_beat):
-        return [dict(d) for d in from_beat(n)]
-    # Beat's autoscaler not installed: read the list it would write (newest first).
-    client = redis.Redis.from_url(store_url, socket_connect_timeout=3, socket_timeout=5)
-    try:
-        raw: list[bytes] = client.lrange(DECISIONS_KEY, 0, n - 1)  # type: ignore[assignment]
-    except redis.RedisError as exc:
-        raise BrokerUnavailableError(f"cannot read scaling decisions: {exc}") from exc
-    finally:
-        client.close()
-    out: list[dict[str, Any]] = []
-    for item in raw:
-        try:
-            entry = json.loads(item)
-        except ValueError:
-            entry = None
-        out.append(entry if isinstance(entry, dict) else {"unreadable": item.decode(errors="replace")[:200]})
     return out
 
 

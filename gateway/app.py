@@ -73,9 +73,14 @@ def build_app(config: ConfigFile, gateway: Gateway | None = None) -> Starlette:
 
         install_scope_guard(sdk_app, MCP_PATH, resolve)
 
-    from gateway import jsonrpc
+    from gateway import jsonrpc, streaming
 
-    jsonrpc.install(sdk_app, MCP_PATH)
+    if section.json_response:
+        # JSON responses, but SSE for a request with a progressToken (gateway/streaming.py).
+        streaming.install(gateway.server.session_manager)
+        jsonrpc.install(sdk_app, MCP_PATH, streaming.choose)
+    else:
+        jsonrpc.install(sdk_app, MCP_PATH)
 
     @contextlib.asynccontextmanager
     async def lifespan(app: Starlette) -> AsyncIterator[None]:

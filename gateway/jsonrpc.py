@@ -5,12 +5,17 @@ with `-32602` (its pydantic error), where JSON-RPC 2.0 (section 5.1) says `-3260
 wrapper of the MCP endpoint reads a POST body, and when it parses as JSON but is not a JSON-RPC
 message (or a batch of them), answers 400 with `-32600` naming what is missing. Everything else,
 malformed JSON included (the SDK's `-32700`), passes through with the body replayed unchanged.
+
+`on_request(payload, scope)`, when given, sees every parsed JSON-RPC body first (in the
+request's context): gateway/streaming.py decides the response mode there without parsing the
+body a second time.
 """
 
 from __future__ import annotations
 
 import contextlib
 import json
+from collections.abc import Callable
 from typing import Any
 
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
@@ -36,9 +41,13 @@ def shape_error(payload: Any) -> str | None:
     return None
 
 
+OnRequest = Callable[[Any, Scope], None]
+
+
 class JsonRpcShapeGuard:
-    def __init__(self, app: ASGIApp) -> None:
+    def __init__(self, app: ASGIApp, on_request: OnRequest | None = None) -> None:
         self.app = app
+        self.on_request = on_request
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         if scope["type"] != "http" or scope.get("method") != "POST":
@@ -54,8 +63,10 @@ class JsonRpcShapeGuard:
                 break
         body = b"".join(chunks)
         why = None
+        payload: Any = None
         with contextlib.suppress(ValueError):  # not JSON: the SDK's own parse error (-32700)
-            why = shape_error(json.loads(body))
+            payload = json.loads(body)
+            why = shape_error(payload)
         if why is not None:
             payload = json.dumps(
                 {
@@ -76,6 +87,8 @@ class JsonRpcShapeGuard:
             )
             await send({"type": "http.response.body", "body": payload})
             return
+        if self.on_request is not None:
+            self.on_request(payload, scope)
         await self.app(scope, _replay(body, receive), send)
 
 
@@ -90,7 +103,7 @@ def _replay(body: bytes, receive: Receive) -> Receive:
     return replay
 
 
-def install(app: Any, path: str) -> bool:
+def install(app: Any, path: str, on_request: OnRequest | None = None) -> bool:
     """Wrap the MCP endpoint at `path` of an app built by the SDK's `streamable_http_app`, inside
     its RequireAuthMiddleware when auth is on (a request without a token is still a 401)."""
     from mcp.server.auth.middleware.bearer_auth import RequireAuthMiddleware
@@ -99,8 +112,8 @@ def install(app: Any, path: str) -> bool:
         if getattr(route, "path", None) != path or not hasattr(route, "app"):
             continue
         if isinstance(route.app, RequireAuthMiddleware):
-            route.app.app = JsonRpcShapeGuard(route.app.app)
+            route.app.app = JsonRpcShapeGuard(route.app.app, on_request)
         else:
-            route.app = JsonRpcShapeGuard(route.app)
+            route.app = JsonRpcShapeGuard(route.app, on_request)
         return True
     return False

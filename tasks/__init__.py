@@ -7,6 +7,7 @@ call_tool.delay("time", "get_current_time", {"timezone": "UTC"}).get(timeout=10)
 from tasks.api import (
     call_tool,
     cancel_call,
+    complete,
     get_prompt,
     health_check,
     list_prompts,
@@ -24,6 +25,7 @@ __all__ = [
     "app",
     "call_tool",
     "cancel_call",
+    "complete",
     "get_prompt",
     "health_check",
     "list_prompts",

@@ -25,12 +25,14 @@ from celery.exceptions import Ignore, TaskRevokedError
 from celery.result import AsyncResult
 from celery.worker import state as worker_state
 
+from tasks import broker_client
 from tasks import progress as progress_channel
 from tasks.app import app
 from tasks.catalog import CachedCatalog, RedisCatalogStore, ServerTools, is_redis_url, safe_url
 from tasks.contracts import ProgressFn, ToolInfo, ToolResult, get_executor
 from tasks.errors import BrokerUnavailableError, InvalidArgumentsError, TransientError, UnknownServerError
 from tasks.policy.backoff import RetryPolicy
+from tasks.queues import SERVER_HEADER
 from tasks.registry import Registry
 from tasks.router import ClusterRouter, RedisAffinity
 from tasks.routing import server_queue, use_cluster_router
@@ -41,6 +43,7 @@ from tasks.validation import check_arguments_shape, check_call
 
 log = logging.getLogger(__name__)
 _catalog: CachedCatalog | None = None
+broker_client.install()  # one redis-py client per kombu channel, not one per command
 
 
 def catalog_store() -> RedisCatalogStore | None:
@@ -123,6 +126,9 @@ class _CheckedTask(Task):  # type: ignore[misc]
     """Publishing that turns broker faults into BrokerUnavailableError, naming the broker."""
 
     def _publish(self, args: Any, kwargs: Any, task_id: str | None, **options: Any) -> AsyncResult:
+        server = (kwargs or {}).get("server") or (args[0] if args else None)
+        if isinstance(server, str):  # for workers/failover.py, which cannot read a signed body
+            options["headers"] = {**(options.get("headers") or {}), SERVER_HEADER: server}
         try:
             return super().apply_async(args, kwargs, task_id=task_id, **options)
         except (kombu.exceptions.OperationalError, redis.RedisError, OSError) as exc:
@@ -422,6 +428,28 @@ def list_prompts(server: str) -> dict[str, list[dict[str, Any]]]:
 def get_prompt(server: str, name: str, arguments: dict[str, str] | None = None) -> dict[str, Any]:
     """One prompt rendered with `arguments`: {"description": ..., "messages": [...]}."""
     return get_executor().get_prompt(server, name, arguments)
+
+
+class CompleteTask(ServerRequestTask):
+    request_params = ("server", "ref", "argument", "context")
+
+    def check(self, bound: dict[str, Any]) -> None:
+        ref, argument = bound.get("ref"), bound.get("argument")
+        if not isinstance(ref, dict) or ref.get("type") not in ("ref/prompt", "ref/resource"):
+            raise InvalidArgumentsError(
+                f'ref must be {{"type": "ref/prompt" | "ref/resource", ...}}, got {ref!r}'
+            )
+        if not (isinstance(argument, dict) and isinstance(argument.get("name"), str)):
+            raise InvalidArgumentsError(f'argument must be {{"name": str, "value": str}}, got {argument!r}')
+
+
+@app.task(base=CompleteTask, name="agentful.complete")
+def complete(
+    server: str, ref: dict[str, Any], argument: dict[str, str], context: dict[str, str] | None = None
+) -> dict[str, Any]:
+    """completion/complete on a server: {"completion": {"values": [...], ...}} (empty without the
+    server's completions capability). `ref` and `argument` are MCP wire dicts."""
+    return get_executor().complete(server, ref, argument, context)
 
 
 @app.task(name="agentful.ping")

@@ -76,6 +76,12 @@ class ToolExecutor(Protocol):
         """{"description": str | None, "messages": [...]}"""
         ...
 
+    def complete(
+        self, server: str, ref: dict[str, Any], argument: dict[str, str], context: dict[str, str] | None
+    ) -> dict[str, Any]:
+        """{"completion": {"values": [...], "total"?: int, "hasMore"?: bool}}"""
+        ...
+
     def servers(self) -> list[str]: ...
 
     def ready_tools(self) -> dict[str, list[ToolInfo]]:

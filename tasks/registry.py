@@ -120,10 +120,3 @@ class Registry:
         now = time.time() if now_s is None else now_s
         beats, alive = self._read()
         return [n for n, at in beats.items() if n not in alive and now - at >= grace_s]
-
-    def queue_depths(self, queues: list[str]) -> dict[str, int]:
-        """Messages waiting in each queue (Redis/Valkey brokers keep a queue as a list)."""
-        pipe = self._client.pipeline(transaction=False)
-        for q in queues:
-            pipe.llen(q)
-        return dict(zip(queues, (int(n) for n in pipe.execute()), strict=True))

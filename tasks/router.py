@@ -8,6 +8,7 @@ than one. The decision itself is `tasks.policy.balancing` (pure).
 
 from __future__ import annotations
 
+import dataclasses
 import itertools
 import random
 import threading
@@ -99,12 +100,42 @@ class ClusterRouter:
         self._beats_at = float("-inf")
         self._affine: dict[str, tuple[str | None, float]] = {}
         self._routed: Counter[str] = Counter()
+        # Per server, built once per registry copy: its views (with the calls routed since),
+        # their index by node, and the nodes whose breaker is not closed. Building the views
+        # costs ~2.5 us per worker, which per call made routing O(workers) (250 us at 100
+        # workers); now a routed call updates one view in place (`_count`) instead.
+        self._views: dict[str, tuple[list[WorkerView], dict[str, int], frozenset[str]]] = {}
 
     def _workers(self, now: float) -> dict[str, WorkerBeat]:
         if now - self._beats_at >= self.cache_s:
             self._beats, self._beats_at = self.registry.alive(), now
             self._routed.clear()
+            self._views.clear()
         return self._beats
+
+    def _server_views(
+        self, server: str, beats: dict[str, WorkerBeat]
+    ) -> tuple[list[WorkerView], dict[str, int], frozenset[str]]:
+        cached = self._views.get(server)
+        if cached is None:
+            workers = views(beats, server, self._routed)
+            open_breakers = frozenset(
+                n for n, b in beats.items() if server in b.servers and b.servers[server].breaker != "closed"
+            )
+            cached = self._views[server] = (
+                workers,
+                {w.node: i for i, w in enumerate(workers)},
+                open_breakers,
+            )
+        return cached
+
+    def _count(self, node: str) -> None:
+        """One more call routed to `node`: its load, in every server's cached views."""
+        self._routed[node] += 1
+        for workers, index, _ in self._views.values():
+            i = index.get(node)
+            if i is not None:
+                workers[i] = dataclasses.replace(workers[i], in_flight=workers[i].in_flight + 1)
 
     def _affine_node(self, project_id: str, now: float) -> str | None:
         cached = self._affine.get(project_id)
@@ -120,11 +151,7 @@ class ClusterRouter:
         with self._lock:
             if project_id is None and self.algorithm == "shared-queue":
                 return server_queue(server)
-            beats = self._workers(now)
-            workers = views(beats, server, self._routed)
-            open_breakers = frozenset(
-                n for n, b in beats.items() if server in b.servers and b.servers[server].breaker != "closed"
-            )
+            workers, _, open_breakers = self._server_views(server, self._workers(now))
             # Without a project there is no affinity: the policy then chooses by load alone.
             affine = self._affine_node(project_id, now) if project_id is not None else None
             node, changed = choose_with_affinity(
@@ -142,5 +169,5 @@ class ClusterRouter:
                 self._affine[project_id] = (node, now)
             if node is None:
                 return server_queue(server)
-            self._routed[node] += 1
+            self._count(node)
             return worker_queue(node)

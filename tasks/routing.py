@@ -17,7 +17,13 @@ SERVER_QUEUE_PREFIX = "mcp."
 
 # Requests to one server's session (resources, prompts): its shared queue, like list_tools.
 SERVER_REQUEST_TASKS = frozenset(
-    {"agentful.list_resources", "agentful.read_resource", "agentful.list_prompts", "agentful.get_prompt"}
+    {
+        "agentful.list_resources",
+        "agentful.read_resource",
+        "agentful.list_prompts",
+        "agentful.get_prompt",
+        "agentful.complete",
+    }
 )
 
 

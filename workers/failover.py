@@ -22,6 +22,7 @@ from typing import Any
 import redis
 from kombu.connection import Connection
 
+from tasks.queues import SERVER_HEADER
 from tasks.registry import ENTRY_PREFIX, WORKERS_KEY, worker_queue
 from tasks.routing import CONTROL_QUEUE, server_queue
 
@@ -31,8 +32,16 @@ LOCK_PREFIX = "agentful:reap:"
 
 
 def target_queue(payload: dict[str, Any]) -> str:
-    """Where a call from a dead worker's own queue goes: its server's shared queue."""
+    """Where a call from a dead worker's own queue goes: its server's shared queue.
+
+    The server is in the message header SERVER_HEADER (set at publish; readable with message
+    signing on, when the body is a signed envelope). A message published before that header
+    existed names it in its JSON body. Neither: the control queue, where any worker takes it.
+    """
     headers = payload.get("headers") or {}
+    server = headers.get(SERVER_HEADER)
+    if isinstance(server, str) and server:
+        return server_queue(server)
     if headers.get("task") in ("agentful.call_tool", "agentful.list_tools"):
         try:
             body = payload["body"]

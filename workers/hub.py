@@ -225,6 +225,12 @@ class SessionHub:
         session = self._session(server)
         return self._run(session.get_prompt(name, arguments), self._request_wait_s(session))
 
+    def complete(
+        self, server: str, ref: dict[str, Any], argument: dict[str, str], context: dict[str, str] | None
+    ) -> dict[str, Any]:
+        session = self._session(server)
+        return self._run(session.complete(ref, argument, context), self._request_wait_s(session))
+
     def ready_tools(self) -> dict[str, list[ToolInfo]]:
         return {
             name: [ToolInfo(**t.to_json()) for t in s.tools.values()]  # type: ignore[typeddict-item]

@@ -197,7 +197,7 @@ class ServerSession:
         if self.spec.oauth is None:
             return None
         if self._auth is None:
-            from gateway.auth.client import auth_for  # light: httpx2 and anyio only
+            from workers.oauth import auth_for
 
             self._auth = auth_for(self.spec.oauth)
         return self._auth
@@ -264,6 +264,8 @@ class ServerSession:
 
     async def ready_client(self) -> Client:
         """The live client, waiting (bounded) while the server starts or restarts."""
+        if self.state == "ready" and self.client is not None:  # every call: no cancel scope needed
+            return self.client
         with anyio.move_on_after(self.spec.start_timeout_s):
             while True:
                 if self.state == "ready" and self.client is not None:
@@ -510,6 +512,25 @@ class ServerSession:
             return {"description": result.description, "messages": [_wire(m) for m in result.messages]}
 
         return await self._request(f"prompts/get {name!r}", run)
+
+    async def complete(
+        self, ref: dict[str, Any], argument: dict[str, str], context: dict[str, str] | None
+    ) -> dict[str, Any]:
+        """completion/complete; a server without the completions capability offers none."""
+        from mcp.types import CompleteResult, PromptReference, ResourceTemplateReference
+
+        async def run(client: Client) -> dict[str, Any]:
+            if client.server_capabilities.completions is None:
+                return {"completion": {"values": []}}
+            target: PromptReference | ResourceTemplateReference = (
+                PromptReference.model_validate(ref, by_name=False)
+                if ref.get("type") == "ref/prompt"
+                else ResourceTemplateReference.model_validate(ref, by_name=False)
+            )
+            result: CompleteResult = await client.complete(target, argument, context)
+            return _wire(result)
+
+        return await self._request(f"completion/complete {ref.get('name') or ref.get('uri')!r}", run)
 
 
 _R = TypeVar("_R")

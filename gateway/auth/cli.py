@@ -4,40 +4,21 @@ from __future__ import annotations
 
 import datetime as dt
 import json
-import os
 import sys
 import time
-from pathlib import Path
 from typing import Annotated, Any
 
 import typer
-from rich.console import Console
 from rich.table import Table
 
+from cli.common import ConfigOpt, console, err
+from cli.common import setup as _setup
 from tasks.errors import ConfigError
-from tasks.settings import get_config, get_settings, reset_caches
+from tasks.settings import get_config, get_settings
 
 keys_app = typer.Typer(
     add_completion=False, no_args_is_help=True, help="Client secret hashes and the gateway's signing keys."
 )
-console = Console()
-err = Console(stderr=True)
-ConfigOpt = Annotated[
-    Path | None,
-    typer.Option("--config", "-c", help="JSON config file (else AGENTFUL_CONFIG)", dir_okay=False),
-]
-
-
-def _setup(config: Path | None) -> None:
-    if config is not None:
-        os.environ["AGENTFUL_CONFIG"] = str(config.resolve())
-    reset_caches()
-    try:
-        get_settings()
-        get_config()
-    except ConfigError as exc:
-        err.print(f"[red]error:[/] {exc}")
-        raise typer.Exit(2) from None
 
 
 def _when(ts: float) -> str:

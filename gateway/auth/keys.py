@@ -2,9 +2,9 @@
 
 Where: the cluster's Redis (one hash, `agentful:auth:keys`) when the broker or result backend is
 Redis or Valkey, else a directory (`<data dir>/keys`, one JSON file per key, mode 0600), or what
-`gateway.auth.keyStore` names. Redis is the default because every gateway replica, the beat job
-(which runs on any worker) and `agentful keys` on any host already reach it; a directory works for
-one host or a shared volume. Private keys are PEM, encrypted when `keyPassphraseEnv` names a
+`gateway.auth.keyStore` names. Redis is the default because every gateway replica, beat (which
+runs the rotation, beat/scheduler.py) and `agentful keys` on any host already reach it; a directory
+works for one host or a shared volume. Private keys are PEM, encrypted when `keyPassphraseEnv` names a
 variable (cryptography's BestAvailableEncryption), so the store alone does not give them away.
 
 Rotation (pure, `plan_rotation`): the newest key that is not retired signs. It is replaced once it

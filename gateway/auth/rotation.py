@@ -1,9 +1,12 @@
-"""Beat's key rotation job: `agentful.rotate_signing_keys`, run daily on any worker.
+"""Signing key rotation: apply the policy (keys.plan_rotation) to the configured key store.
 
-Daily rather than every `rotationDays`: the policy (keys.plan_rotation) decides from the keys'
-own ages, so a beat restart or a missed run delays nothing, replicas need no clock of their own,
-and retired keys are removed within a day of their last token expiring. Registered by workers
-through beat/schedule.py, which imports this module when gateway auth is on.
+Run by beat itself (beat/scheduler.py runs the schedule's `rotate-signing-keys` entry in its own
+process, at its start and then daily), and by hand with `agentful keys rotate`. Never a Celery
+task: nothing about keys is sent to a worker, and no worker needs the gateway's code or the keys.
+
+Daily rather than every `rotationDays`: the policy decides from the keys' own ages, so a beat
+restart or a missed run delays nothing, replicas need no clock of their own, and retired keys are
+removed within a day of their last token expiring.
 """
 
 from __future__ import annotations
@@ -13,12 +16,9 @@ import time
 from typing import Any
 
 from gateway.auth.keys import open_key_store, rotate
-from tasks.app import app
 from tasks.settings import get_config, get_settings
 
 log = logging.getLogger(__name__)
-TASK_NAME = "agentful.rotate_signing_keys"
-CHECK_EVERY_S = 86_400.0
 
 
 def rotate_now(*, force: bool = False, now: float | None = None) -> dict[str, Any]:
@@ -34,13 +34,6 @@ def rotate_now(*, force: bool = False, now: float | None = None) -> dict[str, An
     }
     if new or plan.remove:
         log.info("signing keys: new %s, retired %s, removed %s", result["new"], plan.retire, plan.remove)
+    else:
+        log.info("signing keys checked in %s: none to make or remove", store.where)
     return result
-
-
-@app.task(name=TASK_NAME)
-def rotate_signing_keys(force: bool = False) -> dict[str, Any]:
-    return rotate_now(force=force)
-
-
-def beat_entry() -> dict[str, Any]:
-    return {"task": TASK_NAME, "schedule": CHECK_EVERY_S, "options": {"expires": CHECK_EVERY_S}}

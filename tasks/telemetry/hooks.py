@@ -110,8 +110,10 @@ def _on_setup_logging(loglevel: Any = None, logfile: Any = None, **_: Any) -> No
     logs.configure(context.service(), fmt="json", level=loglevel or logging.INFO, logfile=logfile or None)
 
 
-_boot = _settings()
-if _boot is not None and _boot.log_format == "json" and celery_role() in ("worker", "beat"):
+# Settings are read (and cached) only in a worker or beat: a script that imports `tasks` and then
+# sets AGENTFUL_* in its environment (the benchmarks do) must not find them frozen at import.
+_boot = _settings() if celery_role() in ("worker", "beat") else None
+if _boot is not None and _boot.log_format == "json":
     setup_logging.connect(_on_setup_logging, weak=False, dispatch_uid="agentful-logging")
 
 

@@ -10,7 +10,6 @@ import time
 import uuid
 from collections.abc import Iterator
 from dataclasses import dataclass
-from pathlib import Path
 from typing import Any
 
 import anyio
@@ -22,13 +21,13 @@ from mcp.client.streamable_http import streamable_http_client
 from mcp.server.auth.middleware.auth_context import get_access_token
 from mcp.server.mcpserver import MCPServer
 
-from gateway.auth.client import ClientCredentialsAuth, OAuthTokenError
 from gateway.auth.keys import KeyRing
 from gateway.auth.passwords import hash_secret
 from gateway.auth.routes import auth_routes
 from gateway.auth.verifier import auth_settings, build_key_ring, build_token_verifier
 from tasks.config_file import ConfigFile
 from tests.conftest import DATA_DIR, free_port
+from workers.oauth import ClientCredentialsAuth, OAuthTokenError
 
 SECRET = "w0rker/" + uuid.uuid4().hex
 
@@ -87,19 +86,11 @@ def protected(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Protected]:
     thread.join(timeout=10)
 
 
-def test_worker_calls_a_protected_server_with_client_credentials(
-    broker: str, protected: Protected, tmp_path: Path
-) -> None:
-    """And, since its config switches gateway auth on, it runs beat's key rotation job too."""
-    import socket
-
-    from tasks import app, call_tool
-    from tasks.registry import worker_queue
+def test_worker_calls_a_protected_server_with_client_credentials(broker: str, protected: Protected) -> None:
+    from tasks import call_tool
     from workers.launcher import WorkerProcess, wait_for
 
-    keys = tmp_path / "worker-keys"
     config = {
-        "gateway": {"auth": {"enabled": True, "keyStore": str(keys)}},
         "servers": {
             "protected": {
                 "url": protected.url,
@@ -138,13 +129,6 @@ def test_worker_calls_a_protected_server_with_client_credentials(
         second_who = json.loads(second["content"][0]["text"])
         assert first_who["client_id"] == "worker-bot" and first_who["scopes"] == ["tools:call:protected/*"]
         assert first_who["jti"] == second_who["jti"]  # one token, cached, for both calls
-        # Beat's entry, sent where only this worker takes it: the task is registered there.
-        queue = worker_queue(f"authw@{socket.gethostname()}")
-        done = app.send_task("agentful.rotate_signing_keys", kwargs={"force": True}, queue=queue).get(
-            timeout=30
-        )
-        assert done["new"] and done["store"] == str(keys)
-        assert [p.stem for p in keys.glob("*.json")] == [done["new"]]
     finally:
         worker.stop()
     text = log.read_text(errors="replace")
@@ -193,8 +177,8 @@ def test_a_wrong_secret_is_a_clear_error_without_the_secret(protected: Protected
 
 
 def test_secret_env_must_be_set(monkeypatch: pytest.MonkeyPatch) -> None:
-    from gateway.auth.client import auth_for
     from tasks.config_file import ServerOAuthSpec
+    from workers.oauth import auth_for
 
     monkeypatch.delenv("NOT_SET_SECRET", raising=False)
     spec = ServerOAuthSpec(

@@ -63,3 +63,18 @@ def test_task_status_table() -> None:
     ]
     for meta, record, expected in cases:
         assert task_status(meta, record) == expected, (meta, record)
+
+
+def test_which_requests_are_answered_as_sse() -> None:
+    from gateway.streaming import wants_stream
+
+    both = "application/json, text/event-stream"
+    call = {"jsonrpc": "2.0", "id": 1, "method": "tools/call", "params": {"_meta": {"progressToken": 0}}}
+    assert wants_stream(call, both)
+    assert wants_stream(call, "text/event-stream;q=0.9, application/json")
+    assert not wants_stream(call, "application/json")  # the client cannot read SSE: JSON
+    assert not wants_stream({**call, "params": {"_meta": {"progressToken": None}}}, both)
+    assert not wants_stream({**call, "params": {}}, both)
+    assert not wants_stream({k: v for k, v in call.items() if k != "id"}, both)  # a notification
+    assert not wants_stream([call], both)  # a batch
+    assert not wants_stream(None, both)  # not JSON

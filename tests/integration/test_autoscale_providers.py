@@ -192,22 +192,22 @@ def test_a_hold_is_recorded_only_when_it_changes(
 
 
 def test_queue_depth_counts_every_priority_band(broker: str) -> None:
-    from beat.autoscale import broker_queue_depths
     from tasks import app
+    from tasks.queues import queue_depths
 
     queue = f"depth-{uuid.uuid4().hex[:6]}"
     with app.producer_or_acquire() as producer:
         for priority in (0, 4, 7, 9, 9):
             app.send_task("agentful.ping", queue=queue, priority=priority, producer=producer)
     try:
-        assert broker_queue_depths(broker, [queue, "nothing-here"]) == {queue: 5, "nothing-here": 0}
+        assert queue_depths(broker, [queue, "nothing-here"]) == {queue: 5, "nothing-here": 0}
     finally:
         with app.connection_for_write() as conn:
             conn.default_channel.queue_purge(queue)
 
 
 def test_rabbitmq_queue_depth(tmp_path: Path) -> None:
-    from beat.autoscale import broker_queue_depths
+    from tasks.queues import queue_depths
     from tests.conftest import need, port_open
 
     need(port_open("127.0.0.1", 5672), "RabbitMQ at 127.0.0.1:5672")
@@ -221,7 +221,7 @@ def test_rabbitmq_queue_depth(tmp_path: Path) -> None:
         for i in range(3):
             q.put({"i": i})
         try:
-            assert broker_queue_depths(url, [queue, f"{queue}-missing"]) == {queue: 3, f"{queue}-missing": 0}
+            assert queue_depths(url, [queue, f"{queue}-missing"]) == {queue: 3, f"{queue}-missing": 0}
         finally:
             q.queue.delete()
             q.close()

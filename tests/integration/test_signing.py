@@ -212,3 +212,55 @@ def test_gateway_and_beat_sign_too(own_broker: str, tmp_path: Path) -> None:
                 proc.wait(timeout=10)
         store.close()
         worker.stop()
+
+
+def test_a_dead_workers_signed_calls_move_to_their_servers_queue(own_broker: str, tmp_path: Path) -> None:
+    """Failover with signing on: the body is a signed envelope, so workers/failover.py finds the
+    server in the message header set at publish; the moved call, still signed, runs."""
+    from tasks.queues import SERVER_HEADER
+    from workers.failover import Reaper, target_queue
+    from workers.launcher import WorkerProcess, wait_for
+
+    pki = _pki(tmp_path)
+    signed_env = _env(own_broker, pki["key"], pki["cert"], pki["store"])
+    dead_queue = "worker.ghost@nowhere"  # a worker's own queue; the worker is gone
+    submit = f"from tasks import call_tool\nprint(call_tool.apply_async({ARGS!r}, queue={dead_queue!r}).id)\n"
+    done = subprocess.run(
+        [sys.executable, "-c", submit],
+        env=signed_env,
+        cwd=ROOT,
+        capture_output=True,
+        text=True,
+        check=False,
+        timeout=60,
+    )
+    assert done.returncode == 0, done.stderr
+    task_id = done.stdout.strip()
+    store = redis.Redis.from_url(own_broker)
+    worker = None
+    try:
+        raw = store.lindex(dead_queue, 0)
+        assert raw is not None, "the call was not queued on the dead worker's queue"
+        payload = json.loads(raw)
+        assert payload["content-type"] == "application/data"  # Celery's `auth` serializer: signed
+        assert payload["headers"][SERVER_HEADER] == "time"
+        assert target_queue(payload) == "mcp.time"
+        legacy = {**payload, "headers": {k: v for k, v in payload["headers"].items() if k != SERVER_HEADER}}
+        assert target_queue(legacy) == "agentful"  # no header, unreadable body: the control queue
+
+        assert Reaper(own_broker, node="test@reaper").reap("ghost@nowhere") == (0, 1)
+        assert store.llen(dead_queue) == 0 and store.llen("mcp.time") == 1 and store.llen("agentful") == 0
+
+        log = tmp_path / "worker.log"
+        worker = WorkerProcess("signed3@%h", ["time"], env=signed_env, log_path=log).start()
+        get = [sys.executable, CLIENT, "get", task_id, "60"]
+        done = subprocess.run(
+            get, env=signed_env, cwd=ROOT, capture_output=True, text=True, check=False, timeout=90
+        )
+        assert done.returncode == 0, done.stderr + log.read_text()[-3000:]
+        assert json.loads(done.stdout)["structured_content"]["timezone"] == "UTC"
+        assert wait_for(lambda: store.llen("mcp.time") == 0, 10)
+    finally:
+        store.close()
+        if worker is not None:
+            worker.stop()

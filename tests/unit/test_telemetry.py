@@ -16,9 +16,9 @@ import httpx2
 import pytest
 from prometheus_client import REGISTRY
 
+from tasks.queues import agentful_queues, redis_depths
 from tasks.telemetry import context, logs, metrics, sentry
 from tasks.telemetry.calls import observe_call
-from tasks.telemetry.cluster import agentful_queues, redis_depths
 from tasks.telemetry.hooks import _on_publish, celery_role
 
 

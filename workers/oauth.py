@@ -4,7 +4,8 @@ from a fixed token URL, caches it, renews it before it expires and once more aft
 Hand-written rather than the SDK's ClientCredentialsOAuthProvider because that one discovers the
 token endpoint through RFC 9728 + RFC 8414 metadata, which many servers behind a corporate IdP do
 not publish; a configured `tokenUrl` works with any OAuth 2 server (and with this gateway's).
-Light on purpose (httpx2 and anyio only): workers import it.
+Light on purpose (httpx2 and anyio only). The gateway's own token endpoint (gateway/auth/routes.py)
+is one server it works with; it imports nothing of the gateway.
 """
 
 from __future__ import annotations
