@@ -78,6 +78,10 @@ class Reaper:
                     if self._client.hexists(channel.unacked_key, tag):
                         channel.qos.restore_by_tag(tag, leftmost=False)
                         restored += 1
+                # The held tags are published every HELD_TICK_S, so a call taken just before the
+                # death is not in them. A call taken from the dead worker's own queue names that
+                # queue in its unacked entry, and nobody else consumes it: restore those too.
+                restored += self._restore_own(channel, worker_queue(dead))
                 moved = self._drain(channel, worker_queue(dead))
             pipe = self._client.pipeline(transaction=False)
             pipe.zrem(WORKERS_KEY, dead)
@@ -90,6 +94,18 @@ class Reaper:
             return restored, moved
         finally:
             self._client.delete(LOCK_PREFIX + dead)
+
+    def _restore_own(self, channel: Any, queue: str) -> int:
+        restored = 0
+        for tag, raw in self._client.hscan_iter(channel.unacked_key, count=500):
+            try:
+                routing_key = json.loads(raw)[2]
+            except (ValueError, TypeError, IndexError):
+                continue
+            if routing_key == queue:
+                channel.qos.restore_by_tag(tag.decode() if isinstance(tag, bytes) else tag, leftmost=False)
+                restored += 1
+        return restored
 
     def _drain(self, channel: Any, queue: str) -> int:
         moved = 0

@@ -54,3 +54,37 @@ def test_a_killed_workers_calls_move_to_a_live_worker(cluster: Any, tmp_path: Pa
     assert {v["worker"] for v in values}.isdisjoint({node})
     assert node not in registry.dead(), "the dead worker should have been reaped"
     assert client.llen(f"worker.{node}") == 0
+
+
+def test_a_call_taken_from_its_own_queue_just_before_death_is_restored(broker: str) -> None:
+    """Held tags are published every 0.2 s: a call the dead worker took after the last publish
+    is found by its unacked entry, which names the dead worker's own queue."""
+    import uuid
+
+    from kombu.connection import Connection
+
+    from tasks import app
+    from tasks.registry import worker_queue
+    from tasks.routing import server_queue
+    from workers.failover import Reaper
+
+    dead = f"gone-{uuid.uuid4().hex[:6]}@{HOST}"
+    client = redis.Redis.from_url(broker)
+    target = server_queue(f"srv-{uuid.uuid4().hex[:6]}")
+    with app.producer_or_acquire() as producer:
+        app.send_task(
+            "agentful.call_tool",
+            (target.removeprefix("mcp."), "echo", {}),
+            queue=worker_queue(dead),
+            producer=producer,
+        )
+    with Connection(broker) as conn:  # the "worker": takes the call and dies before acking it
+        taken = conn.SimpleQueue(worker_queue(dead)).get(timeout=5)
+        assert client.hexists("unacked", taken.delivery_tag)
+        restored, moved = Reaper(broker, node="test").reap(dead)
+        assert (restored, moved) == (1, 1), "restored into its own queue, then moved to the server's"
+        assert not client.hexists("unacked", taken.delivery_tag)
+        assert client.llen(target) == 1
+        payload = json.loads(client.lindex(target, 0) or b"{}")
+        assert payload["headers"]["task"] == "agentful.call_tool"
+        client.delete(target)
