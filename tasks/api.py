@@ -195,6 +195,14 @@ def _stored_state(result: AsyncResult) -> str | None:
         raise BrokerUnavailableError(f"cannot read the result backend: {exc}") from exc
 
 
+def _require_known_server(server: str) -> None:
+    known = set(_catalog_for(server, None)) | set(get_config().servers)
+    if server not in known:
+        raise UnknownServerError(
+            f"unknown MCP server {server!r}; the cluster offers: {', '.join(sorted(known)) or 'none'}"
+        )
+
+
 class ListToolsTask(_CheckedTask):
     def apply_async(
         self, args: Any = None, kwargs: Any = None, task_id: str | None = None, **options: Any
@@ -202,11 +210,7 @@ class ListToolsTask(_CheckedTask):
         _require_broker()
         server = (kwargs or {}).get("server") or (args[0] if args else None)
         if server is not None:
-            known = set(_catalog_for(server, None)) | set(get_config().servers)
-            if server not in known:
-                raise UnknownServerError(
-                    f"unknown MCP server {server!r}; the cluster offers: {', '.join(sorted(known)) or 'none'}"
-                )
+            _require_known_server(server)
         return self._publish(args, kwargs, task_id, **options)
 
 
@@ -364,11 +368,7 @@ class ServerRequestTask(_CheckedTask):
         server = bound.get("server")
         if not isinstance(server, str) or not server:
             raise UnknownServerError(f"{self.name}: server must be a server name, got {server!r}")
-        known = set(_catalog_for(server, None)) | set(get_config().servers)
-        if server not in known:
-            raise UnknownServerError(
-                f"unknown MCP server {server!r}; the cluster offers: {', '.join(sorted(known)) or 'none'}"
-            )
+        _require_known_server(server)
         self.check(bound)
         return self._publish(args, kwargs, task_id, **options)
 

@@ -28,7 +28,7 @@ from tasks.policy.breaker import BreakerPolicy, BreakerStatus
 from tasks.policy.health import HealthPolicy
 from tasks.registry import ServerHealth
 from tasks.telemetry.calls import observe_call
-from workers.session import ServerSession
+from workers.session import ServerSession, wire
 
 log = logging.getLogger(__name__)
 T = TypeVar("T")
@@ -156,7 +156,7 @@ class SessionHub:
                 meta=observed.meta,
                 progress=notified if on_progress else None,
             )
-            return result.model_dump(mode="json", by_alias=True, exclude_none=True), attempts
+            return wire(result), attempts
 
         # Metrics, the OpenTelemetry span, and the trace id in `_meta` (tasks/telemetry/calls.py).
         with observe_call(server, tool, meta) as observed:

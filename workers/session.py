@@ -459,12 +459,12 @@ class ServerSession:
             cursor: str | None = None
             while True:
                 page = await client.list_resources(cursor=cursor)
-                out["resources"] += [_wire(r) for r in page.resources]
+                out["resources"] += [wire(r) for r in page.resources]
                 if not (cursor := page.next_cursor):
                     break
             while True:
                 templates = await client.list_resource_templates(cursor=cursor)
-                out["resource_templates"] += [_wire(t) for t in templates.resource_templates]
+                out["resource_templates"] += [wire(t) for t in templates.resource_templates]
                 if not (cursor := templates.next_cursor):
                     return out
 
@@ -475,7 +475,7 @@ class ServerSession:
             if client.server_capabilities.resources is None:
                 raise InvalidArgumentsError(f"MCP server {self.name!r} offers no resources ({uri!r})")
             result = await client.read_resource(uri)
-            return {"contents": [_wire(c) for c in result.contents]}
+            return {"contents": [wire(c) for c in result.contents]}
 
         return await self._request(f"resources/read {uri!r}", run)
 
@@ -487,7 +487,7 @@ class ServerSession:
             cursor: str | None = None
             while True:
                 page = await client.list_prompts(cursor=cursor)
-                out["prompts"] += [_wire(p) for p in page.prompts]
+                out["prompts"] += [wire(p) for p in page.prompts]
                 if not (cursor := page.next_cursor):
                     return out
 
@@ -509,7 +509,7 @@ class ServerSession:
                         INVALID_PARAMS,
                     ) from exc
                 raise
-            return {"description": result.description, "messages": [_wire(m) for m in result.messages]}
+            return {"description": result.description, "messages": [wire(m) for m in result.messages]}
 
         return await self._request(f"prompts/get {name!r}", run)
 
@@ -528,7 +528,7 @@ class ServerSession:
                 else ResourceTemplateReference.model_validate(ref, by_name=False)
             )
             result: CompleteResult = await client.complete(target, argument, context)
-            return _wire(result)
+            return wire(result)
 
         return await self._request(f"completion/complete {ref.get('name') or ref.get('uri')!r}", run)
 
@@ -536,7 +536,7 @@ class ServerSession:
 _R = TypeVar("_R")
 
 
-def _wire(model: BaseModel) -> dict[str, Any]:
+def wire(model: BaseModel) -> dict[str, Any]:
     """An SDK model as it travels on the wire (camelCase, no nulls)."""
     return model.model_dump(mode="json", by_alias=True, exclude_none=True)
 
