@@ -190,7 +190,8 @@ def _foreground(cmd: list[str], env: dict[str, str]) -> int:
 
 @app.command()
 def beat(config: ConfigOpt = None) -> None:
-    """Run Celery beat (the control loop's schedule)."""
+    """Run Celery beat, the control loop: health checks, schedules, autoscaling, key rotation
+    (only the beat holding the Redis lease acts)."""
     _setup(config)
     from cli.stack import use_broker
 
