@@ -111,7 +111,10 @@ class Autoscaler:
         self._cpu: deque[tuple[float, float]] = deque()
 
     def measure(self, now: float) -> Measurements:
-        alive = self.registry.alive()
+        # The pool this autoscaler manages: workers serving one of its servers. Workers of other
+        # pools on the same broker (their load, their failing calls) are not its business.
+        mine = set(self.servers)
+        alive = {node: beat for node, beat in self.registry.alive().items() if set(beat.servers) & mine}
         beats = list(alive.values())
         if beats:
             self._cpu.append((now, sum(b.cpu_percent for b in beats) / len(beats)))

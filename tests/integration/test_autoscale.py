@@ -25,7 +25,8 @@ CALL_S = 1.0
 
 def autoscale_config(tmp: Path, prefix: str) -> dict[str, Any]:
     """The config beat and its workers read: one slow server, autoscaling with short timings.
-    CPU and memory triggers are out of reach (100 %): this machine's load must not decide."""
+    CPU, memory, latency and error-rate triggers are out of reach: this machine's load must not
+    decide, and only queue depth scales."""
     return {
         "mcp": {"client": {"loadBalancing": {"healthCheck": {"interval": 600_000}}}},
         "servers": {
@@ -44,7 +45,13 @@ def autoscale_config(tmp: Path, prefix: str) -> dict[str, Any]:
             "cooldownS": 3,
             "idleTimeoutS": 2,
             "windowS": 10,
-            "triggers": {"queueDepth": 4, "cpuPercent": 100, "memoryPercent": 100, "p95LatencyS": 60},
+            "triggers": {
+                "queueDepth": 4,
+                "cpuPercent": 100,
+                "memoryPercent": 100,
+                "p95LatencyS": 60,
+                "errorRatePercent": 100,
+            },
             "local": {"concurrency": 2, "prefetch": 1, "namePrefix": prefix},
         },
     }

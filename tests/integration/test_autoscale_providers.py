@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import socket
 import threading
+import time
 import uuid
 from collections.abc import Iterator
 from pathlib import Path
@@ -189,6 +190,44 @@ def test_a_hold_is_recorded_only_when_it_changes(
         assert d is not None and d.direction == "hold"
     assert clean_keys.llen(DECISIONS_KEY) == 1
     scaler.lease.release()
+
+
+def test_the_autoscaler_measures_only_the_workers_of_its_servers(broker: str, tmp_path: Path) -> None:
+    """Another pool's worker on the same broker (failing calls, a busy host) must not scale this
+    one: the failure a full suite run showed, where earlier tests' errors fired the error rate."""
+    from beat.autoscale import Autoscaler
+    from beat.providers.local import LocalProcessProvider
+    from tasks.config_file import ConfigFile
+    from tasks.policy.scaling import WindowStats
+    from tasks.registry import Registry, ServerHealth, WorkerBeat
+
+    section = ConfigFile.model_validate({"autoscaling": {"enabled": True}}).autoscaling
+    provider = LocalProcessProvider(
+        servers=["ledger"], state_dir=tmp_path, log_dir=tmp_path, name_prefix="none"
+    )
+    scaler = Autoscaler(section, provider, store_url=broker, broker_url=broker, servers=["ledger"])
+    registry = Registry(broker)
+    now = time.time()
+
+    def beat(node: str, server: str, errors: int, cpu: float) -> WorkerBeat:
+        window = WindowStats(window_s=60, calls=100, errors=errors, buckets=(100,))
+        return WorkerBeat(
+            node=node, queue=f"worker.{node}", pid=1, capacity=4, in_flight=0, reserved=0,
+            cpu_percent=cpu, memory_percent=10.0, beat_at_s=now,
+            servers={server: ServerHealth(state="ready")}, calls_window=window,
+        )  # fmt: skip
+
+    other, mine = f"other-{uuid.uuid4().hex[:6]}@h", f"mine-{uuid.uuid4().hex[:6]}@h"
+    try:
+        registry.publish(beat(other, "time", errors=50, cpu=5.0), ttl_s=30)
+        registry.publish(beat(mine, "ledger", errors=0, cpu=99.0), ttl_s=30)
+        m = scaler.measure(now)
+        assert (m.calls, m.errors) == (100, 0)
+        assert [cpu for _, cpu in m.cpu_samples] == [99.0]
+    finally:
+        for node in (other, mine):
+            registry.withdraw(node)
+        scaler.lease.release()
 
 
 def test_queue_depth_counts_every_priority_band(broker: str) -> None:
