@@ -6,13 +6,22 @@
 from __future__ import annotations
 
 from beat.schedule import beat_schedule as _beat_schedule
+from tasks.catalog import is_redis_url as _is_redis_url
+from tasks.delivery.backend import BACKEND_CLASS as _FENCED_BACKEND
 from tasks.routing import CONTROL_QUEUE
 from tasks.settings import get_config, get_settings, resolved_broker_url, resolved_result_backend
 
 _settings = get_settings()
 
 broker_url = resolved_broker_url(_settings)
-result_backend = resolved_result_backend(_settings, broker_url)
+_backend_url = resolved_result_backend(_settings, broker_url)
+# A Redis backend stores a call's result only under its claim (docs/reliability.md): Celery's
+# RedisBackend with one script for the store (tasks/delivery/backend.py), named in Celery's
+# `class+url` form. Everything else reads the plain URL from tasks.settings.
+result_backend = f"{_FENCED_BACKEND}+{_backend_url}" if _is_redis_url(_backend_url) else _backend_url
+if _is_redis_url(broker_url):
+    # kombu's Redis transport with an atomic take (tasks/delivery/transport.py).
+    broker_transport = "tasks.delivery.transport:Transport"
 
 task_serializer = "json"
 result_serializer = "json"
@@ -47,13 +56,28 @@ broker_connection_retry_on_startup = True
 
 # A producer whose broker is down gets an error in seconds, not a hang.
 broker_connection_timeout = 4.0
+# A worker whose broker restarts retries for ever, at most 2 s apart (Celery's default grows to
+# 30 s: calls would wait long after the broker is back).
+broker_connection_max_retries = None
+# A result that cannot be stored while the broker restarts is retried (up to ~60 s), not lost.
+result_backend_always_retry = True
+result_backend_max_retries = 30
+result_backend_base_sleep_between_retries_ms = 200
+result_backend_max_sleep_between_retries_ms = 2000
 task_publish_retry_policy = {
     "max_retries": 2,
     "interval_start": 0.1,
     "interval_step": 0.3,
     "interval_max": 0.5,
 }
-broker_transport_options = {"visibility_timeout": 3600, "socket_connect_timeout": 3, "socket_timeout": 10}
+broker_transport_options: dict[str, object] = {"socket_connect_timeout": 3, "socket_timeout": 10}
+if not _is_redis_url(broker_url):
+    # RabbitMQ: `.delay()` returns once the broker has the message (publisher confirms), so a
+    # broker killed right after loses no call; its queues and messages are durable.
+    broker_transport_options["confirm_publish"] = True
+    # AMQP heartbeats every 10 s (Celery's default is 120): RabbitMQ hands the calls a paused or
+    # cut-off worker held to others after two missed ones, not after four minutes.
+    broker_heartbeat = 10
 
 # Priorities are Celery's own, and what a number means depends on the broker (README
 # "Priorities and schedules"). RabbitMQ: every queue is declared with x-max-priority 9, so 0-9

@@ -46,7 +46,11 @@ class LeaderLease:
             return False
 
     def holder(self) -> str | None:
-        value = self.client.get(self.name)
+        """Who holds the lease (None: nobody, or the store cannot be read just now)."""
+        try:
+            value = self.client.get(self.name)
+        except redis.RedisError:
+            return None
         return value.decode() if isinstance(value, bytes) else None
 
     def release(self) -> None:

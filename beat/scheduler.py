@@ -21,7 +21,9 @@ import logging
 from collections.abc import Callable
 from typing import Any
 
+import redis
 from celery.beat import PersistentScheduler
+from kombu.exceptions import OperationalError
 
 from beat.autoscale import build_autoscaler, lease_ttl_s, redis_client
 from beat.lock import LeaderLease
@@ -81,7 +83,12 @@ class AgentfulScheduler(PersistentScheduler):  # type: ignore[misc]
     def tick(self, *args: Any, **kwargs: Any) -> float:
         if not self.lead():
             return float(self.max_interval)
-        return float(super().tick(*args, **kwargs))
+        try:
+            return float(super().tick(*args, **kwargs))
+        except (redis.RedisError, OperationalError, OSError) as exc:
+            # The broker restarting: beat lives through it, and tries again in a second.
+            log.warning("beat: the broker is unreachable (%s); retrying", exc)
+            return 1.0
 
     def _job(self, task: str) -> Callable[[], object] | None:
         """The callable of one of beat's own jobs, built on its first run (None: cannot run here)."""

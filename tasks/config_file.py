@@ -350,6 +350,9 @@ class GatewaySection(_Section):
     json_response: bool = True
     default_server: str | None = Field(default=None, description="its tools and prompts also unprefixed")
     refresh_s: float = Field(default=1.0, gt=0, description="how often the tool list is re-read")
+    unserved_wait_s: float = Field(
+        default=10.0, ge=0, le=3600, description="how long a call waits for a worker of a server none runs"
+    )
     auth: GatewayAuthSection = GatewayAuthSection()
     tls: GatewayTlsSection = GatewayTlsSection()
     rate_limit: GatewayRateLimitSection = GatewayRateLimitSection()

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from collections.abc import Callable
-from typing import Any, Protocol, TypedDict
+from typing import Any, NotRequired, Protocol, TypedDict
 
 
 class ToolResult(TypedDict):
@@ -27,6 +27,7 @@ class ToolInfo(TypedDict):
     name: str
     description: str
     input_schema: dict[str, Any]
+    annotations: NotRequired[dict[str, Any]]  # readOnlyHint, idempotentHint, ... when the tool has them
 
 
 ProgressFn = Callable[[float, float | None, str | None], None]
@@ -46,17 +47,27 @@ class ToolExecutor(Protocol):
         meta: dict[str, Any] | None,
         on_progress: ProgressFn | None = None,
         cancelled: Callable[[], bool] | None = None,
+        still_owner: Callable[[], bool] | None = None,
+        rerun: bool = False,
     ) -> tuple[dict[str, Any], int]:
         """Return (the MCP CallToolResult as wire JSON, attempts it took).
 
         `on_progress(progress, total, message)` is called on the caller's thread for each
         progress notification, in order, all before this returns. When `cancelled()` turns
         true, the MCP call is cancelled (the server is sent notifications/cancelled) and
-        `celery.exceptions.TaskRevokedError` is raised.
+        `celery.exceptions.TaskRevokedError` is raised. When this worker's heartbeat lease is
+        stale (it may have been declared dead while it was paused), `still_owner()` is asked,
+        off the event loop, right before the call is sent; false raises
+        `tasks.delivery.claims.LostClaim` and nothing is sent. `rerun`: a call the server
+        crashed under is run once more on its new session.
         """
         ...
 
     def list_tools(self, server: str) -> list[ToolInfo]: ...
+
+    def rerun_safe(self, server: str, tool: str) -> bool:
+        """Whether the tool says a second run does no harm (read-only or idempotent)."""
+        ...
 
     # Resources and prompts: MCP wire dicts (by_alias JSON of the SDK's models). A server
     # without the capability answers with empty lists.

@@ -53,6 +53,10 @@ class PayloadTooLargeError(PermanentError):
     """The arguments are larger than the configured maximum."""
 
 
+class InvalidOptionError(PermanentError):
+    """An option of the call (timeout_s, priority, countdown, eta, expires, ...) is invalid."""
+
+
 class ToolProtocolError(PermanentError):
     """The MCP server answered the call with a JSON-RPC error instead of a result."""
 

@@ -9,12 +9,12 @@ still known, as dead, to whoever must move its calls). Producers and `agentful s
 from __future__ import annotations
 
 import json
-import time
 from dataclasses import asdict, dataclass, field, fields
 from typing import Any
 
 import redis
 
+from tasks.delivery import keys, scripts
 from tasks.errors import BrokerUnavailableError
 from tasks.policy.scaling import WindowStats
 
@@ -60,6 +60,9 @@ class WorkerBeat:
     # its calls over the last `autoscaling.windowS` (count, failures, latency histogram).
     idle_since_s: float | None = None
     calls_window: WindowStats | None = None
+    # The incarnation (tasks/delivery/identity.py) that beat: the failover tells by it whether a
+    # node whose incarnation died lives on as another.
+    incarnation: str = ""
 
     def to_json(self) -> str:
         return json.dumps(asdict(self))
@@ -80,16 +83,74 @@ def worker_queue(node: str) -> str:
     return f"worker.{node}"
 
 
-class Registry:
-    def __init__(self, url: str, *, timeout_s: float = 3.0) -> None:
-        self.url = url
-        self._client = redis.Redis.from_url(url, socket_connect_timeout=timeout_s, socket_timeout=timeout_s)
+class Fenced(Exception):  # noqa: N818 (a verdict, not a failure)
+    """The incarnation that tried to beat was declared dead."""
 
-    def publish(self, beat: WorkerBeat, *, ttl_s: float) -> None:
+
+class Registry:
+    def __init__(self, url: str, *, timeout_s: float = 3.0, client_name: str | None = None) -> None:
+        self.url = url
+        self._client = redis.Redis.from_url(
+            url, socket_connect_timeout=timeout_s, socket_timeout=timeout_s, client_name=client_name
+        )
+        self._beat = self._client.register_script(scripts.BEAT)
+
+    @property
+    def client(self) -> redis.Redis:
+        return self._client
+
+    def publish(self, beat: WorkerBeat, *, ttl_s: float, incarnation: str | None = None) -> float:
+        """One heartbeat, on the server's clock; returns the server time. With `incarnation`,
+        it is refreshed in the incarnation set too, and Fenced is raised once it was declared dead."""
+        inc = incarnation or ""
+        entry = keys.INCARNATION + inc
+        now = self._beat_script(
+            [
+                keys.INCARNATIONS,
+                keys.fenced(inc) if inc else keys.fenced("-"),
+                ENTRY_PREFIX + beat.node,
+                entry,
+            ],
+            [inc or "-", beat.to_json(), int(ttl_s * 1000), beat.node],
+        )
+        self._client.zremrangebyscore(WORKERS_KEY, "-inf", now - FORGET_AFTER_S)
+        return now
+
+    def register(self, incarnation: str, description: dict[str, str]) -> float:
+        """Record a new incarnation (before it takes anything); returns the server time."""
+        pairs = [item for kv in description.items() for item in kv]
+        return self._beat_script(
+            [keys.INCARNATIONS, keys.fenced(incarnation), "", keys.INCARNATION + incarnation],
+            [incarnation, "", 0, "", *pairs],
+        )
+
+    def _beat_script(self, script_keys: list[str], args: list[str | int]) -> float:
+        ks = [*script_keys, WORKERS_KEY]
+        try:
+            reply = self._beat(keys=ks, args=args)
+        except redis.RedisError as exc:
+            raise BrokerUnavailableError(f"cannot reach the worker registry: {exc}") from exc
+        if reply == -1:
+            raise Fenced(args[0])
+        return float(reply.decode() if isinstance(reply, bytes) else reply)
+
+    def server_time(self) -> float:
+        seconds, micros = self._client.time()
+        return float(seconds) + micros / 1e6
+
+    def incarnations(self) -> dict[str, float]:
+        """Every incarnation not yet reaped, with the server time of its last beat."""
+        listed: list[tuple[bytes, float]] = self._client.zrange(keys.INCARNATIONS, 0, -1, withscores=True)  # type: ignore[assignment]
+        return {n.decode(): at for n, at in listed}
+
+    def describe(self, incarnation: str) -> dict[str, str]:
+        raw: dict[bytes, bytes] = self._client.hgetall(keys.INCARNATION + incarnation)  # type: ignore[assignment]
+        return {k.decode(): v.decode() for k, v in raw.items()}
+
+    def forget(self, incarnation: str) -> None:
         pipe = self._client.pipeline(transaction=False)
-        pipe.set(ENTRY_PREFIX + beat.node, beat.to_json(), px=int(ttl_s * 1000))
-        pipe.zadd(WORKERS_KEY, {beat.node: beat.beat_at_s})
-        pipe.zremrangebyscore(WORKERS_KEY, "-inf", beat.beat_at_s - FORGET_AFTER_S)
+        pipe.zrem(keys.INCARNATIONS, incarnation)
+        pipe.delete(keys.INCARNATION + incarnation)
         pipe.execute()
 
     def withdraw(self, node: str) -> None:
@@ -116,7 +177,11 @@ class Registry:
         return self._read()[1]
 
     def dead(self, *, grace_s: float = 0.0, now_s: float | None = None) -> list[str]:
-        """Workers still listed, not alive, whose last beat is at least `grace_s` old."""
-        now = time.time() if now_s is None else now_s
+        """Workers still listed, not alive, whose last beat is at least `grace_s` old (by the
+        server's clock: beats are scored with it)."""
         beats, alive = self._read()
+        try:
+            now = self.server_time() if now_s is None else now_s
+        except redis.RedisError as exc:
+            raise BrokerUnavailableError(f"cannot read the worker registry: {exc}") from exc
         return [n for n, at in beats.items() if n not in alive and now - at >= grace_s]

@@ -43,6 +43,12 @@ class Settings(BaseSettings):
         default=1.0, ge=0, description="how long a producer trusts its registry copy"
     )
     heartbeat_s: float = Field(default=2.0, gt=0, description="seconds between a worker's heartbeats")
+    stop_timeout_s: float = Field(
+        default=60.0, gt=0, description="how long a warm stop may wait for running calls before it turns hard"
+    )
+    call_expires_s: float = Field(
+        default=3600.0, ge=0, description="a call not started by then is dropped (expires); 0: never"
+    )
     flower_basic_auth: SecretStr | None = Field(
         default=None, description="user:password[,user:password...]: Flower asks for a login"
     )

@@ -28,14 +28,15 @@ from celery.signals import (
 
 from tasks.api import catalog_store
 from tasks.app import app
-from tasks.catalog import is_redis_url
 from tasks.contracts import set_executor_factory
 from tasks.policy.scaling import CallWindow
-from tasks.registry import Registry, ServerHealth, worker_queue
+from tasks.registry import ServerHealth, worker_queue
 from tasks.routing import server_queue
 from tasks.settings import get_config, get_settings
-from workers import control  # noqa: F401  (registers agentful's control commands)
-from workers.failover import Reaper
+from workers import (
+    control,  # noqa: F401  (registers agentful's control commands)
+    lifecycle,
+)
 from workers.heartbeat import Heartbeat
 from workers.hub import SessionHub
 
@@ -66,6 +67,7 @@ def get_hub() -> SessionHub:
                 store=catalog_store(),
                 worker=_node_name or f"{socket.gethostname()}:{os.getpid()}",
                 on_breaker=_on_breaker,
+                lease_s=settings.heartbeat_s,
             )
             _hub.start()
             log.info("MCP runtime started in pid %d: %s", os.getpid(), ", ".join(_hub.servers()) or "none")
@@ -111,6 +113,8 @@ def _on_process_init(**_: Any) -> None:
 def _on_ready(sender: Any = None, **_: Any) -> None:
     """Own queue, hub (unless prefork: the children have theirs), heartbeat."""
     global _node_name, _heartbeat
+    if _heartbeat is not None:  # once per process, whatever Celery sends
+        return
     _node_name = str(getattr(sender, "hostname", "") or "")
     queue = worker_queue(_node_name)
     sender.add_task_queue(queue)  # calls routed to this very worker (affinity)
@@ -133,14 +137,15 @@ def _on_ready(sender: Any = None, **_: Any) -> None:
             return get_hub().health()
         return {name: ServerHealth(state="in-pool-processes") for name in names}
 
+    reaper = lifecycle.reaper(store.url)
     _heartbeat = Heartbeat(
-        Registry(store.url),
+        reaper.registry,
         node=_node_name,
         queue=queue,
         capacity=int(getattr(controller, "concurrency", 1) or 1),
         interval_s=settings.heartbeat_s,
         servers=servers,
-        reaper=Reaper(str(app.conf.broker_url), node=_node_name) if _redis_broker() else None,
+        reaper=reaper,
         window=lambda: _calls.stats(time.time()),
     ).start()
 
@@ -158,10 +163,6 @@ def _on_task_end(task_id: str = "", state: str | None = None, **_: Any) -> None:
     started = _started.pop(task_id, None)
     if started is not None:
         _calls.record(time.time(), time.monotonic() - started, ok=state == "SUCCESS")
-
-
-def _redis_broker() -> bool:
-    return is_redis_url(str(app.conf.broker_url))
 
 
 @worker_shutting_down.connect

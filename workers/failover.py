@@ -1,15 +1,20 @@
-"""Move a dead worker's calls to live workers within seconds, on Redis/Valkey brokers.
+"""Move a dead worker's calls to live workers within seconds.
 
-With the Redis transport an unacknowledged message comes back only after the visibility
-timeout (an hour here, because tool calls may be long), and calls routed to a worker's own
-queue wait there for a consumer that will never return. So liveness comes from heartbeats:
-when a worker's heartbeat expires, the first live worker to notice takes a lock and
-1. restores every message the dead worker held (the delivery tags it published with its last
-   heartbeat, refreshed every 0.2 s while they change) through kombu's own `restore_by_tag`,
-   the same code the visibility timeout would run, only now;
-2. moves everything in the dead worker's own queue `worker.<node>` to the shared queue of the
-   call's server `mcp.<server>`, oldest first, where any live worker takes it.
-RabbitMQ needs none of this for held calls: it requeues a dead consumer's messages itself.
+Liveness comes from heartbeats (workers/heartbeat.py): every worker incarnation beats every
+`heartbeat_s` into the registry, on the store's clock. An incarnation is declared dead when its
+last beat is older than the expiry (two missed beats and a second), or, sooner, when its beat is
+half a beat late and none of its process's Redis connections is open any more (a crashed or
+killed process: the kernel closed them; a paused or cut-off one still has them, and waits out
+the expiry). The first live worker to see it takes a lock and:
+1. fences it (tasks/delivery/claims.py): from now on it takes, acknowledges and stores nothing,
+   so a worker that was only paused cannot act on calls that have moved on;
+2. restores everything in its unacked hash, where the atomic take put every message it took
+   (tasks/delivery/transport.py): the calls it ran and the ones it had prefetched, exactly;
+3. if no other incarnation of its node lives, moves its own queue `worker.<node>` to the shared
+   queue of each call's server, where any live worker takes it.
+A worker only judges others once it has itself been in contact with the store for an expiry: a
+broker that comes back after a restart finds every heartbeat old, and must not see a massacre.
+RabbitMQ requeues a dead consumer's messages itself; the fence and the claims still apply.
 """
 
 from __future__ import annotations
@@ -17,18 +22,27 @@ from __future__ import annotations
 import base64
 import json
 import logging
+from collections.abc import Callable, Collection
 from typing import Any
 
 import redis
-from kombu.connection import Connection
+from kombu.transport.redis import PRIORITY_STEPS
+from kombu.transport.redis import Channel as RedisChannel
 
+from tasks.delivery import keys
+from tasks.delivery.claims import fence
 from tasks.queues import SERVER_HEADER
-from tasks.registry import ENTRY_PREFIX, WORKERS_KEY, worker_queue
+from tasks.registry import ENTRY_PREFIX, WORKERS_KEY, Registry, worker_queue
 from tasks.routing import CONTROL_QUEUE, server_queue
 
 log = logging.getLogger(__name__)
-HELD_PREFIX = "agentful:held:"
 LOCK_PREFIX = "agentful:reap:"
+_SEP: str = RedisChannel.sep
+
+
+def client_name(node: str, pid: int | str) -> str:
+    """The name every Redis connection of a worker process carries (CLIENT SETNAME)."""
+    return f"agentful:{node}:{pid}".replace(" ", "_")
 
 
 def target_queue(payload: dict[str, Any]) -> str:
@@ -55,76 +69,240 @@ def target_queue(payload: dict[str, Any]) -> str:
     return CONTROL_QUEUE
 
 
+def list_key(queue: str, payload: dict[str, Any]) -> str:
+    """The Redis list of `queue` that holds `payload`: kombu's band for its priority."""
+    try:
+        priority = max(0, min(int(payload["properties"]["priority"]), 9))
+    except (KeyError, TypeError, ValueError):
+        priority = 0
+    band = max(step for step in PRIORITY_STEPS if step <= priority)
+    return f"{queue}{_SEP}{band}" if band else queue
+
+
+def _push(pipe: Any, queue: str, payload: dict[str, Any], *, front: bool) -> None:
+    """Queue a message (front: next to be taken) and ring its queue's doorbell."""
+    data = json.dumps(payload)
+    (pipe.rpush if front else pipe.lpush)(list_key(queue, payload), data)
+    pipe.lpush(keys.bell(queue), 1)
+    pipe.ltrim(keys.bell(queue), 0, keys.BELL_CAP - 1)
+
+
+def restore_unacked(
+    broker: redis.Redis,
+    incarnation: str,
+    *,
+    exclude: Collection[str] = (),
+    retarget: Callable[[str, dict[str, Any]], str] | None = None,
+) -> int:
+    """Put back every message `incarnation` took and has not acknowledged (but `exclude`) at
+    the front of its queue, in one transaction; returns how many. A worker that dies halfway
+    leaves the hash as it was: restoring twice cannot happen, losing cannot either."""
+    unacked, index = keys.unacked(incarnation), keys.unacked_index(incarnation)
+    with broker.pipeline(transaction=True) as pipe:
+        while True:
+            try:
+                pipe.watch(unacked)
+                raw: dict[Any, Any] = pipe.hgetall(unacked)
+                pipe.multi()
+                count = 0
+                for tag_b, entry in raw.items():
+                    tag = tag_b.decode() if isinstance(tag_b, bytes) else str(tag_b)
+                    if tag in exclude:
+                        continue
+                    try:
+                        payload, exchange, routing_key = json.loads(entry)
+                    except (ValueError, TypeError):
+                        log.error("unacked entry %s of %s is not a message; dropped", tag, incarnation)
+                        pipe.hdel(unacked, tag)
+                        continue
+                    queue = routing_key or exchange or CONTROL_QUEUE
+                    if retarget is not None:
+                        queue = retarget(queue, payload)
+                    payload.setdefault("headers", {})["redelivered"] = True
+                    info = payload.setdefault("properties", {}).setdefault("delivery_info", {})
+                    info.update(exchange="", routing_key=queue, redelivered=True)
+                    _push(pipe, queue, payload, front=True)
+                    pipe.hdel(unacked, tag)
+                    pipe.zrem(index, tag)
+                    count += 1
+                pipe.execute()
+                return count
+            except redis.WatchError:
+                continue
+
+
+def drain_queue(broker: redis.Redis, queue: str) -> int:
+    """Move every message of a dead worker's own queue to its server's shared queue."""
+    moved = 0
+    for key in [list_key(queue, {"properties": {"priority": p}}) for p in PRIORITY_STEPS]:
+        while True:
+            # The tail (the consuming end) is stable: producers push at the head and nobody
+            # consumes a dead worker's queue. Copy the tail to its new queue and drop it in one
+            # transaction: a crash in between duplicates a message, never loses one.
+            raw = broker.lindex(key, -1)
+            if raw is None:
+                break
+            payload = json.loads(raw)
+            target = target_queue(payload)
+            info = payload.setdefault("properties", {}).setdefault("delivery_info", {})
+            info["routing_key"], info["exchange"] = target, ""
+            pipe = broker.pipeline(transaction=True)
+            _push(pipe, target, payload, front=True)
+            pipe.rpop(key)
+            pipe.execute()
+            moved += 1
+    return moved
+
+
+def drain_amqp_queue(broker_url: str, queue: str) -> int:
+    """RabbitMQ: move a dead worker's own queue to the servers' shared queues. Each message is
+    published (with publisher confirms) before it is acknowledged: a crash in between leaves a
+    copy, which its claim stops from running twice."""
+    from kombu.connection import Connection
+    from kombu.entity import Exchange
+    from kombu.entity import Queue as KQueue
+    from kombu.messaging import Producer
+
+    moved = 0
+    with Connection(broker_url, connect_timeout=3, transport_options={"confirm_publish": True}) as conn:
+        channel = conn.channel()
+        try:
+            channel.queue_declare(queue=queue, passive=True)
+        except conn.channel_errors:
+            return 0  # never declared: nothing waits there
+        producer = Producer(channel, exchange=Exchange(""))
+        declared: set[str] = set()
+        while True:
+            message = channel.basic_get(queue=queue, no_ack=False)
+            if message is None:
+                return moved
+            payload = {"headers": message.headers or {}, "body": message.body,
+                       "properties": {"body_encoding": None}}  # fmt: skip
+            target = target_queue(payload)
+            if target not in declared:
+                KQueue(target, Exchange(target), target, queue_arguments={"x-max-priority": 9})(
+                    channel
+                ).declare()
+                declared.add(target)
+            props = message.properties
+            producer.publish(
+                message.body,
+                routing_key=target,
+                headers=message.headers,
+                content_type=message.content_type,
+                content_encoding=message.content_encoding,
+                serializer=None,
+                priority=props.get("priority"),
+                correlation_id=props.get("correlation_id"),
+                reply_to=props.get("reply_to"),
+                delivery_mode=2,
+            )
+            channel.basic_ack(message.delivery_tag)
+            moved += 1
+
+
 class Reaper:
-    def __init__(self, broker_url: str, *, node: str) -> None:
-        self.broker_url = broker_url
-        self.node = node  # who reaps, for the log
-        self._client = redis.Redis.from_url(broker_url, socket_connect_timeout=3, socket_timeout=10)
+    """Finds dead incarnations and hands their calls to the living (one step per heartbeat tick)."""
 
-    def publish_held(self, node: str, tags: list[str], *, ttl_s: float = 86_400) -> None:
-        self._client.set(HELD_PREFIX + node, json.dumps(tags), px=int(ttl_s * 1000))
+    def __init__(
+        self,
+        registry: Registry,
+        broker: redis.Redis | None,
+        *,
+        broker_is_store: bool = False,
+        amqp_url: str | None = None,
+        me: Callable[[], str | None],
+        interval_s: float,
+        expiry_s: float,
+    ) -> None:
+        self.registry = registry
+        self.store = registry.client
+        self.broker = broker
+        self.broker_is_store = broker_is_store
+        self.amqp_url = amqp_url  # a RabbitMQ broker: its own queues are drained through kombu
+        self.me = me
+        self.interval_s = interval_s
+        self.expiry_s = expiry_s
+        self.connected_since: float | None = None
 
-    def reap(self, dead: str) -> tuple[int, int]:
-        """Restore and re-route the dead worker's calls; (held restored, queued moved)."""
-        if not self._client.set(LOCK_PREFIX + dead, self.node, nx=True, px=30_000):
+    def lost_contact(self) -> None:
+        self.connected_since = None
+
+    def check(self, now: float) -> list[str]:
+        """Reap every incarnation found dead at server time `now`; returns them."""
+        if self.connected_since is None:
+            self.connected_since = now
+        if now - self.connected_since < self.expiry_s:
+            return []
+        # Late by more than half a beat: dead if its connections are gone too (a live process
+        # has them, however late its beat), else only once the expiry passes.
+        overdue: list[tuple[bytes, float]] = self.store.zrangebyscore(  # type: ignore[assignment]
+            keys.INCARNATIONS, "-inf", now - self.interval_s * 1.5, withscores=True
+        )
+        reaped = []
+        mine = self.me()
+        names: set[str] | None = None
+        for raw, at in overdue:
+            incarnation = raw.decode()
+            if incarnation == mine:
+                continue
+            if now - at < self.expiry_s:
+                if names is None:
+                    names = self._client_names()
+                description = self.registry.describe(incarnation)
+                name = client_name(description.get("node", ""), description.get("pid", ""))
+                if not description or name in names or not names:
+                    continue  # still connected (paused, or a slow beat): wait for the expiry
+            self.reap(incarnation)
+            reaped.append(incarnation)
+        return reaped
+
+    def _client_names(self) -> set[str]:
+        """Names of the connections open to the store; empty if the server will not say."""
+        try:
+            clients: list[dict[str, Any]] = self.store.client_list()
+        except redis.ResponseError:
+            return set()
+        return {str(c.get("name") or "") for c in clients} - {""}
+
+    def reap(self, incarnation: str, *, leaving: bool = False) -> tuple[int, int]:
+        """Fence a dead (or, `leaving`, this very) incarnation and restore what it held;
+        (held calls restored, queued calls moved)."""
+        lock = LOCK_PREFIX + incarnation
+        if not self.store.set(lock, self.me() or "-", nx=True, px=30_000):
             return 0, 0  # another worker is on it
         try:
-            raw = self._client.get(HELD_PREFIX + dead)
-            tags: list[str] = json.loads(raw) if raw else []
-            with Connection(self.broker_url) as conn:  # type: ignore[no-untyped-call]
-                channel: Any = conn.default_channel
-                restored = 0
-                for tag in tags:
-                    if self._client.hexists(channel.unacked_key, tag):
-                        channel.qos.restore_by_tag(tag, leftmost=False)
-                        restored += 1
-                # The held tags are published every HELD_TICK_S, so a call taken just before the
-                # death is not in them. A call taken from the dead worker's own queue names that
-                # queue in its unacked entry, and nobody else consumes it: restore those too.
-                restored += self._restore_own(channel, worker_queue(dead))
-                moved = self._drain(channel, worker_queue(dead))
-            pipe = self._client.pipeline(transaction=False)
-            pipe.zrem(WORKERS_KEY, dead)
-            pipe.delete(HELD_PREFIX + dead, ENTRY_PREFIX + dead)
-            pipe.execute()
-            if restored or moved:
+            fence(self.store, incarnation)
+            if self.broker is not None and not self.broker_is_store:
+                fence(self.broker, incarnation)
+            description = self.registry.describe(incarnation)
+            node = description.get("node") or incarnation.rsplit("/", 1)[0]
+            entry = self.registry.alive().get(node)
+            node_lives = not leaving and entry is not None and entry.incarnation not in ("", incarnation)
+            own = worker_queue(node)
+
+            def retarget(queue: str, payload: dict[str, Any]) -> str:
+                return target_queue(payload) if queue == own and not node_lives else queue
+
+            restored = moved = 0
+            if self.broker is not None:
+                restored = restore_unacked(self.broker, incarnation, retarget=retarget)
+                if not node_lives:
+                    moved = drain_queue(self.broker, own)
+            elif self.amqp_url is not None and not node_lives:
+                moved = drain_amqp_queue(self.amqp_url, own)  # RabbitMQ requeued what it held
+            self.registry.forget(incarnation)
+            if not node_lives:
+                pipe = self.store.pipeline(transaction=False)
+                pipe.zrem(WORKERS_KEY, node)
+                pipe.delete(ENTRY_PREFIX + node)
+                pipe.execute()
+            if restored or moved or not leaving:
+                how = "left" if leaving else "died"
                 log.warning(
-                    "worker %s died: %d held calls restored, %d queued calls moved", dead, restored, moved
-                )
+                    "worker %s (%s) %s: %d held calls restored, %d queued calls moved",
+                    node, incarnation, how, restored, moved,
+                )  # fmt: skip
             return restored, moved
         finally:
-            self._client.delete(LOCK_PREFIX + dead)
-
-    def _restore_own(self, channel: Any, queue: str) -> int:
-        restored = 0
-        for tag, raw in self._client.hscan_iter(channel.unacked_key, count=500):
-            try:
-                routing_key = json.loads(raw)[2]
-            except (ValueError, TypeError, IndexError):
-                continue
-            if routing_key == queue:
-                channel.qos.restore_by_tag(tag.decode() if isinstance(tag, bytes) else tag, leftmost=False)
-                restored += 1
-        return restored
-
-    def _drain(self, channel: Any, queue: str) -> int:
-        moved = 0
-        for key in [channel._q_for_pri(queue, pri) for pri in channel.priority_steps]:
-            while True:
-                # The tail (the consuming end) is stable: producers push at the head and nobody
-                # consumes a dead worker's queue. Copy the tail to its new queue and drop it in
-                # one transaction: a crash in between duplicates a call, never loses one.
-                raw = self._client.lindex(key, -1)
-                if raw is None:
-                    break
-                payload = json.loads(raw)
-                target = target_queue(payload)
-                info = payload.setdefault("properties", {}).setdefault("delivery_info", {})
-                info["routing_key"], info["exchange"] = target, ""
-                pri = channel._get_message_priority(payload, reverse=False)
-                pipe = self._client.pipeline(transaction=True)
-                pipe.rpush(channel._q_for_pri(target, pri), json.dumps(payload))
-                pipe.rpop(key)
-                pipe.execute()
-                moved += 1
-        return moved
+            self.store.delete(lock)

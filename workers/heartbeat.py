@@ -1,9 +1,11 @@
 """The worker's heartbeat: every `heartbeat_s` it tells the registry it is alive and how it is.
 
-A daemon thread in the worker's main process (where Celery's own request state lives). On a
-warm shutdown it withdraws the entry at once, so producers stop routing calls to it. It also
-publishes the delivery tags of the calls it holds, and reaps workers whose heartbeat expired
-(workers/failover.py).
+A daemon thread in the worker's main process (where Celery's own request state lives). Each
+beat refreshes the node's registry entry and its incarnation (tasks/delivery/identity.py) on
+the store's clock; a beat refused because the incarnation was declared dead (the worker was
+paused or cut off past the expiry) makes it a new incarnation, whose calls are its own again.
+Between beats it looks for dead incarnations (workers/failover.py) twice a second. On a warm
+shutdown it withdraws the entry at once, so producers stop routing calls to it.
 """
 
 from __future__ import annotations
@@ -13,15 +15,19 @@ import os
 import threading
 import time
 from collections.abc import Callable
+from dataclasses import replace
 
 import psutil
 
+from tasks.delivery import identity
+from tasks.errors import BrokerUnavailableError
 from tasks.policy.scaling import WindowStats
-from tasks.registry import Registry, ServerHealth, WorkerBeat, expiry_s
+from tasks.registry import Fenced, Registry, ServerHealth, WorkerBeat, expiry_s
 from workers.failover import Reaper
 
 log = logging.getLogger(__name__)
-HELD_TICK_S = 0.2  # how often the held delivery tags are compared and, if changed, published
+TICK_S = 0.25  # how often idleness is tracked
+REAP_EVERY_S = 0.5  # how often dead incarnations are looked for
 
 
 class Heartbeat:
@@ -47,19 +53,23 @@ class Heartbeat:
         self.window = window  # the calls of the last autoscaling.windowS (beat's autoscaler)
         self._idle_since: float | None = time.time()  # None while it holds a call
         self._done = 0
-        self._held: list[str] = []
         self._stop = threading.Event()
         self._thread = threading.Thread(target=self._run, name="agentful-heartbeat", daemon=True)
+        self._server_now: tuple[float, float] | None = None  # (server time, monotonic) of the last beat
         psutil.cpu_percent(interval=None)  # the first reading is meaningless; prime it
 
     def start(self) -> Heartbeat:
-        self.beat()
+        try:
+            self.beat()
+        except BrokerUnavailableError as exc:
+            log.warning("first heartbeat of %s failed (%s); retrying", self.node, exc)
         self._thread.start()
         return self
 
     def beat(self) -> WorkerBeat:
         from celery.worker import state
 
+        incarnation = identity.current()
         beat = WorkerBeat(
             node=self.node,
             queue=self.queue,
@@ -73,13 +83,36 @@ class Heartbeat:
             servers=self.servers(),
             idle_since_s=self.track_idle(),
             calls_window=self.window() if self.window is not None else None,
+            incarnation=incarnation or "",
         )
-        self.registry.publish(beat, ttl_s=expiry_s(self.interval_s))
+        ttl = expiry_s(self.interval_s)
+        try:
+            now = self.registry.publish(beat, ttl_s=ttl, incarnation=incarnation)
+        except Fenced:
+            assert incarnation is not None
+            new = identity.rotate(incarnation)
+            log.warning(
+                "worker %s was declared dead by the cluster (paused or cut off for longer than %.1f s); "
+                "its calls were handed to others; it goes on as incarnation %s",
+                self.node, ttl, new,
+            )  # fmt: skip
+            identity.ensure_registered(new)
+            beat = replace(beat, incarnation=new)
+            now = self.registry.publish(beat, ttl_s=ttl, incarnation=new)
+        self._server_now = (now, time.monotonic())
+        identity.renew_lease()
         return beat
+
+    def server_now(self) -> float | None:
+        """The store's clock, from the last beat (None before the first)."""
+        if self._server_now is None:
+            return None
+        at, mono = self._server_now
+        return at + (time.monotonic() - mono)
 
     def track_idle(self) -> float | None:
         """Since when this worker has held nothing (None: it holds calls now). Checked every
-        HELD_TICK_S; a call that came and went between two checks shows in Celery's task count."""
+        TICK_S; a call that came and went between two checks shows in Celery's task count."""
         from celery.worker import state
 
         done = sum(state.total_count.values())
@@ -90,37 +123,23 @@ class Heartbeat:
         self._done = done
         return self._idle_since
 
-    def held_tags(self) -> list[str]:
-        """Delivery tags of every call this worker holds (reserved or running)."""
-        from celery.worker import state
-
-        for _ in range(3):  # the consumer thread mutates the set; copy it, retrying a torn read
-            try:
-                requests = list(state.reserved_requests)
-                break
-            except RuntimeError:
-                continue
-        else:
-            return self._held
-        return sorted(str(r.message.delivery_tag) for r in requests if r.message is not None)
-
     def _run(self) -> None:
         next_beat = time.monotonic() + self.interval_s
-        while not self._stop.wait(HELD_TICK_S):
+        next_reap = time.monotonic()
+        while not self._stop.wait(TICK_S):
             try:
                 self.track_idle()
-                if self.reaper is not None:
-                    tags = self.held_tags()
-                    if tags != self._held:
-                        self.reaper.publish_held(self.node, tags)
-                        self._held = tags
                 if time.monotonic() >= next_beat:
-                    next_beat += self.interval_s
+                    next_beat = time.monotonic() + self.interval_s
                     self.beat()
-                    if self.reaper is not None:
-                        for dead in self.registry.dead(grace_s=expiry_s(self.interval_s)):
-                            self.reaper.reap(dead)
+                now = self.server_now()
+                if self.reaper is not None and now is not None and time.monotonic() >= next_reap:
+                    next_reap = time.monotonic() + REAP_EVERY_S
+                    self.reaper.check(now)
             except Exception as exc:  # a broker blip must not kill the heartbeat
+                self._server_now = None
+                if self.reaper is not None:
+                    self.reaper.lost_contact()
                 log.warning("heartbeat of %s: %s", self.node, exc)
 
     def stop(self) -> None:
@@ -131,7 +150,5 @@ class Heartbeat:
             self._thread.join(timeout=5)
         try:
             self.registry.withdraw(self.node)
-            if self.reaper is not None:
-                self.reaper.publish_held(self.node, [])  # what it holds is handed back, not lost
         except Exception as exc:
             log.warning("could not withdraw %s from the registry: %s", self.node, exc)

@@ -28,7 +28,9 @@ from tasks.policy.breaker import BreakerPolicy, BreakerStatus
 from tasks.policy.health import HealthPolicy
 from tasks.registry import ServerHealth
 from tasks.telemetry.calls import observe_call
-from workers.session import ServerSession, wire
+from workers import requests
+from workers.session import ServerSession
+from workers.wire import wire
 
 log = logging.getLogger(__name__)
 T = TypeVar("T")
@@ -53,6 +55,7 @@ class SessionHub:
         store: CatalogStore | None,
         worker: str,
         on_breaker: Callable[[str, BreakerStatus], None] | None = None,
+        lease_s: float = 2.0,
     ) -> None:
         self.pid = os.getpid()
         self.config = config
@@ -74,6 +77,8 @@ class SessionHub:
             )
             for name in servers
         }
+        for session in self.sessions.values():
+            session.lease_s = lease_s
         self._loop = asyncio.new_event_loop()
         self._thread = threading.Thread(target=self._run_loop, name="agentful-mcp-loop", daemon=True)
         self._started = threading.Event()
@@ -137,6 +142,8 @@ class SessionHub:
         meta: dict[str, Any] | None,
         on_progress: ProgressFn | None = None,
         cancelled: Callable[[], bool] | None = None,
+        still_owner: Callable[[], bool] | None = None,
+        rerun: bool = False,
     ) -> tuple[dict[str, Any], int]:
         session = self._session(server)
         timeout = timeout_s if timeout_s is not None else session.spec.call_timeout_s
@@ -152,9 +159,11 @@ class SessionHub:
             result, attempts = await session.call(
                 tool,
                 arguments,
-                timeout_s=timeout,
+                timeout_s=timeout_s,  # None: the server's callTimeoutS (a caller's bound is not its fault)
                 meta=observed.meta,
                 progress=notified if on_progress else None,
+                rerun=rerun,
+                still_owner=still_owner,
             )
             return wire(result), attempts
 
@@ -206,30 +215,34 @@ class SessionHub:
         tools = self._run(session.list_tools(), session.spec.start_timeout_s + _WAIT_MARGIN_S)
         return [ToolInfo(**t.to_json()) for t in tools.values()]  # type: ignore[typeddict-item]
 
+    def rerun_safe(self, server: str, tool: str) -> bool:
+        spec = self._session(server).tools.get(tool)
+        return spec is not None and spec.rerun_safe
+
     def _request_wait_s(self, session: ServerSession) -> float:
         return session.spec.call_timeout_s + session.spec.start_timeout_s + _WAIT_MARGIN_S
 
     def list_resources(self, server: str) -> dict[str, list[dict[str, Any]]]:
         session = self._session(server)
-        return self._run(session.list_resources(), self._request_wait_s(session))
+        return self._run(requests.list_resources(session), self._request_wait_s(session))
 
     def read_resource(self, server: str, uri: str) -> dict[str, Any]:
         session = self._session(server)
-        return self._run(session.read_resource(uri), self._request_wait_s(session))
+        return self._run(requests.read_resource(session, uri), self._request_wait_s(session))
 
     def list_prompts(self, server: str) -> dict[str, list[dict[str, Any]]]:
         session = self._session(server)
-        return self._run(session.list_prompts(), self._request_wait_s(session))
+        return self._run(requests.list_prompts(session), self._request_wait_s(session))
 
     def get_prompt(self, server: str, name: str, arguments: dict[str, str] | None) -> dict[str, Any]:
         session = self._session(server)
-        return self._run(session.get_prompt(name, arguments), self._request_wait_s(session))
+        return self._run(requests.get_prompt(session, name, arguments), self._request_wait_s(session))
 
     def complete(
         self, server: str, ref: dict[str, Any], argument: dict[str, str], context: dict[str, str] | None
     ) -> dict[str, Any]:
         session = self._session(server)
-        return self._run(session.complete(ref, argument, context), self._request_wait_s(session))
+        return self._run(requests.complete(session, ref, argument, context), self._request_wait_s(session))
 
     def ready_tools(self) -> dict[str, list[ToolInfo]]:
         return {

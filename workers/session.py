@@ -2,8 +2,11 @@
 
 The owner task connects, lists the tools, then waits; when the connection is lost (the server
 crashed, the HTTP server went away) it reconnects with backoff. Calls run concurrently on the
-live session; a call interrupted by a crash is retried once on the new session. The SDK's
-context managers are entered and exited by the owner task only (they must be).
+live session. A call interrupted by a crash may already have taken effect: it is run again on
+the new session only when that is safe (the tool says it is read-only or idempotent) or the
+caller asked for it. Only a fault of the connection restarts the session every caller shares;
+any other error of a call is that call's (workers/wire.py). The SDK's context managers are
+entered and exited by the owner task only (they must be).
 """
 
 from __future__ import annotations
@@ -25,20 +28,19 @@ from mcp.client.stdio import stdio_client
 from mcp.client.streamable_http import streamable_http_client
 from mcp.shared.dispatcher import ProgressFnT
 from mcp.shared.exceptions import MCPError
-from mcp.types import CONNECTION_CLOSED, INVALID_PARAMS, METHOD_NOT_FOUND, CallToolResult, Implementation
-from pydantic import BaseModel
+from mcp.types import CONNECTION_CLOSED, CallToolResult, Implementation
 
 from tasks.catalog import ServerTools, ToolSpec
 from tasks.config_file import ServerSpec
+from tasks.delivery import identity
+from tasks.delivery.claims import LostClaim
 from tasks.errors import (
     AgentfulError,
     CircuitOpenError,
-    InvalidArgumentsError,
     ServerCrashedError,
     ServerNotReadyError,
     ServerStartError,
     ServerUnavailableError,
-    ToolProtocolError,
     ToolTimeoutError,
     TransientError,
     UnknownToolError,
@@ -48,6 +50,7 @@ from tasks.policy.health import HealthPolicy, HealthState, observe
 from tasks.telemetry.calls import set_connection
 from tasks.validation import check_against_schema
 from workers.guard import guarded_command
+from workers.wire import call_error, describe, is_connection_fault, protocol_error, request_error, watched
 
 log = logging.getLogger(__name__)
 
@@ -60,14 +63,6 @@ def restart_delay_s(failures: int, *, base_s: float = 0.1, cap_s: float = 10.0) 
     if failures <= 0:
         return base_s
     return float(min(cap_s, base_s * 2 ** min(failures, 32)))  # the exponent capped: no overflow
-
-
-def describe(exc: BaseException) -> str:
-    """One line for an exception, unwrapping the SDK's nested ExceptionGroups."""
-    while isinstance(exc, BaseExceptionGroup) and exc.exceptions:
-        exc = exc.exceptions[0]
-    text = str(exc) or type(exc).__name__
-    return f"{type(exc).__name__}: {text}" if not isinstance(exc, MCPError) else text
 
 
 class ServerSession:
@@ -109,6 +104,9 @@ class ServerSession:
         self._wake: anyio.Event | None = None
         self._changed: anyio.Event | None = None
         self._auth: httpx2.Auth | None = None
+        self.lease_s = 2.0  # heartbeat_s: a lease older than one beat is checked before a call
+        self.losses = 0  # connections lost so far (a crash, a dropped HTTP server)
+        self._counted_loss = -1  # the loss the breaker last counted
 
     # --- owner task ------------------------------------------------------------------------
 
@@ -170,6 +168,7 @@ class ServerSession:
     def _mark_lost(self, client: Client) -> None:
         """A call saw the connection die: no new call may use this client; the owner restarts."""
         if client is self.client and self._wake is not None:
+            self.losses += 1
             self._lost = True
             self.client = None
             self._set_state("restarting")
@@ -189,7 +188,16 @@ class ServerSession:
             transport = streamable_http_client(self.spec.url, http_client=http)
         wake = self._wake
         assert wake is not None
-        async with Client(_watched(transport, self, wake), client_info=CLIENT_INFO) as client:
+
+        def on_end() -> None:
+            if not self._stopping and self.client is not None:
+                self.losses += 1
+                self._lost = True
+                self.client = None
+                self._set_state("restarting")
+            wake.set()
+
+        async with Client(watched(transport, on_end), client_info=CLIENT_INFO) as client:
             yield client
 
     def _http_auth(self) -> httpx2.Auth | None:
@@ -222,7 +230,10 @@ class ServerSession:
         while True:
             page = await client.list_tools(cursor=cursor)
             for t in page.tools:
-                tools[t.name] = ToolSpec(t.name, t.description or "", dict(t.input_schema or {}))
+                annotations = (
+                    t.annotations.model_dump(by_alias=True, exclude_none=True) if t.annotations else {}
+                )
+                tools[t.name] = ToolSpec(t.name, t.description or "", dict(t.input_schema or {}), annotations)
             cursor = page.next_cursor
             if not cursor:
                 return tools
@@ -288,12 +299,17 @@ class ServerSession:
         timeout_s: float | None,
         meta: dict[str, Any] | None,
         progress: ProgressFnT | None = None,
+        rerun: bool = False,
+        still_owner: Callable[[], bool] | None = None,
     ) -> tuple[CallToolResult, int]:
         """Call a tool through this worker's circuit breaker for the server.
 
-        Transport faults (crash, timeout, a server that will not start) count as failures; a
+        Faults of the server count as failures: a crash, one that will not start, running past
+        the server's own `callTimeoutS`. A timeout the caller chose (`timeout_s`) is the
+        caller's bound, not the server's fault: it counts for neither breaker nor health. A
         result, even a tool's own is_error, counts as a success. While the breaker is open the
         call fails fast with CircuitOpenError (transient: Celery retries it, elsewhere).
+        `rerun`: a call the server crashed under is run once more on the new session.
         """
         if self.breaker.status != "closed":
             raise CircuitOpenError(
@@ -301,7 +317,25 @@ class ServerSession:
                 f"{self.breaker_policy.threshold} failures in a row ({self.last_error or 'transport faults'})"
             )
         try:
-            out = await self._call(tool, arguments, timeout_s=timeout_s, meta=meta, progress=progress)
+            out = await self._call(
+                tool,
+                arguments,
+                timeout_s=timeout_s,
+                meta=meta,
+                progress=progress,
+                rerun=rerun,
+                still_owner=still_owner,
+            )
+        except ToolTimeoutError:
+            if timeout_s is None:
+                self._set_breaker(on_failure(self.breaker, time.time(), self.breaker_policy))
+            raise
+        except ServerCrashedError:
+            # One crash fails every call in flight on it at once: it is one failure, not many.
+            if self._counted_loss != self.losses:
+                self._counted_loss = self.losses
+                self._set_breaker(on_failure(self.breaker, time.time(), self.breaker_policy))
+            raise
         except (TransientError, ServerStartError):
             self._set_breaker(on_failure(self.breaker, time.time(), self.breaker_policy))
             raise
@@ -346,9 +380,11 @@ class ServerSession:
         *,
         timeout_s: float | None,
         meta: dict[str, Any] | None,
-        progress: ProgressFnT | None = None,
+        progress: ProgressFnT | None,
+        rerun: bool,
+        still_owner: Callable[[], bool] | None,
     ) -> tuple[CallToolResult, int]:
-        """Call a tool; retry once on a fresh session if the server crashed under the call."""
+        """Call a tool; with `rerun`, once more on a fresh session if the server crashed under it."""
         timeout = timeout_s if timeout_s is not None else self.spec.call_timeout_s
         attempts = 0
         while True:
@@ -358,6 +394,7 @@ class ServerSession:
                 offered = ", ".join(sorted(self.tools))
                 raise UnknownToolError(f"MCP server {self.name!r} has no tool {tool!r}; it offers: {offered}")
             check_against_schema(self.name, tool, self.tools[tool].input_schema, arguments)
+            await self._check_owner(still_owner)
             self.in_flight += 1
             self.calls += 1
             started = anyio.current_time()
@@ -367,26 +404,42 @@ class ServerSession:
                 self._observe_latency((anyio.current_time() - started) * 1000)
                 return result, attempts
             except TimeoutError:
-                self.errors += 1
+                if timeout_s is None:
+                    self.errors += 1
                 raise ToolTimeoutError(
                     f"{self.name}/{tool} did not finish within {timeout} s; the server was told to cancel it"
                 ) from None
             except MCPError as exc:
                 if exc.code != CONNECTION_CLOSED:
-                    raise _protocol_error(self.name, tool, exc) from exc
+                    raise protocol_error(self.name, tool, exc) from exc
                 crash: BaseException = exc
-            except Exception as exc:  # transport faults arrive as many types, often grouped
+            except Exception as exc:
+                if not (is_connection_fault(exc) or self.client is not client):
+                    raise call_error(self.name, tool, exc) from exc  # this call's error, not the server's
                 crash = exc
             finally:
                 self.in_flight -= 1
             self.errors += 1
             self._mark_lost(client)
+            if not rerun:
+                raise ServerCrashedError(
+                    f"MCP server {self.name!r} lost the connection during {tool} ({describe(crash)}); "
+                    "not run again (retry_interrupted=False): it may have taken effect"
+                )
             if attempts >= 2:
                 raise ServerCrashedError(
                     f"MCP server {self.name!r} lost the connection during {tool} twice "
                     f"({describe(crash)}); gave up after {attempts} attempts"
                 )
-            log.warning("MCP server %s crashed during %s; retrying on a new session", self.name, tool)
+            log.warning("MCP server %s crashed during %s; running it again on a new session", self.name, tool)
+
+    async def _check_owner(self, still_owner: Callable[[], bool] | None) -> None:
+        """Past its heartbeat lease this worker may have been declared dead (it was paused or
+        cut off): before anything is sent, ask the store whether the call is still its own."""
+        if still_owner is None or identity.lease_age_s() < self.lease_s:
+            return
+        if not await anyio.to_thread.run_sync(still_owner):
+            raise LostClaim(f"{self.worker} no longer owns this call (declared dead meanwhile); nothing sent")
 
     def _observe_latency(self, ms: float, weight: float = 0.1) -> None:
         self.latency_ms = ms if self.latency_ms is None else (1 - weight) * self.latency_ms + weight * ms
@@ -427,9 +480,9 @@ class ServerSession:
         await self.ready_client()
         return self.tools
 
-    # --- resources and prompts (MCP wire dicts; no capability: empty lists) -----------------
+    # --- other requests (workers/requests.py: resources, prompts, completions) -------------
 
-    async def _request(self, what: str, request: Callable[[Client], Awaitable[_R]]) -> _R:
+    async def request(self, what: str, request: Callable[[Client], Awaitable[_R]]) -> _R:
         """One request on the live session, bounded by `callTimeoutS`, its faults translated."""
         client = await self.ready_client()
         timeout = self.spec.call_timeout_s
@@ -442,168 +495,16 @@ class ServerSession:
             raise
         except MCPError as exc:
             if exc.code != CONNECTION_CLOSED:
-                raise _request_error(self.name, what, exc) from exc
+                raise request_error(self.name, what, exc) from exc
             crash: BaseException = exc
         except Exception as exc:  # transport faults arrive as many types, often grouped
+            if not (is_connection_fault(exc) or self.client is not client):
+                raise call_error(self.name, what, exc) from exc
             crash = exc
         self._mark_lost(client)
         raise ServerCrashedError(
             f"MCP server {self.name!r} lost the connection during {what}: {describe(crash)}"
         )
 
-    async def list_resources(self) -> dict[str, list[dict[str, Any]]]:
-        async def run(client: Client) -> dict[str, list[dict[str, Any]]]:
-            out: dict[str, list[dict[str, Any]]] = {"resources": [], "resource_templates": []}
-            if client.server_capabilities.resources is None:
-                return out
-            cursor: str | None = None
-            while True:
-                page = await client.list_resources(cursor=cursor)
-                out["resources"] += [wire(r) for r in page.resources]
-                if not (cursor := page.next_cursor):
-                    break
-            while True:
-                templates = await client.list_resource_templates(cursor=cursor)
-                out["resource_templates"] += [wire(t) for t in templates.resource_templates]
-                if not (cursor := templates.next_cursor):
-                    return out
-
-        return await self._request("resources/list", run)
-
-    async def read_resource(self, uri: str) -> dict[str, Any]:
-        async def run(client: Client) -> dict[str, Any]:
-            if client.server_capabilities.resources is None:
-                raise InvalidArgumentsError(f"MCP server {self.name!r} offers no resources ({uri!r})")
-            result = await client.read_resource(uri)
-            return {"contents": [wire(c) for c in result.contents]}
-
-        return await self._request(f"resources/read {uri!r}", run)
-
-    async def list_prompts(self) -> dict[str, list[dict[str, Any]]]:
-        async def run(client: Client) -> dict[str, list[dict[str, Any]]]:
-            out: dict[str, list[dict[str, Any]]] = {"prompts": []}
-            if client.server_capabilities.prompts is None:
-                return out
-            cursor: str | None = None
-            while True:
-                page = await client.list_prompts(cursor=cursor)
-                out["prompts"] += [wire(p) for p in page.prompts]
-                if not (cursor := page.next_cursor):
-                    return out
-
-        return await self._request("prompts/list", run)
-
-    async def get_prompt(self, name: str, arguments: dict[str, str] | None) -> dict[str, Any]:
-        async def run(client: Client) -> dict[str, Any]:
-            if client.server_capabilities.prompts is None:
-                raise InvalidArgumentsError(f"MCP server {self.name!r} offers no prompts ({name!r})")
-            try:
-                result = await client.get_prompt(name, arguments)
-            except MCPError as exc:
-                # Some servers hide "unknown prompt" behind an internal error: say it plainly.
-                offered = [p.name for p in (await client.list_prompts()).prompts]
-                if name not in offered:
-                    raise InvalidArgumentsError(
-                        f"MCP server {self.name!r} has no prompt {name!r}; it offers: "
-                        f"{', '.join(offered) or 'none'}",
-                        INVALID_PARAMS,
-                    ) from exc
-                raise
-            return {"description": result.description, "messages": [wire(m) for m in result.messages]}
-
-        return await self._request(f"prompts/get {name!r}", run)
-
-    async def complete(
-        self, ref: dict[str, Any], argument: dict[str, str], context: dict[str, str] | None
-    ) -> dict[str, Any]:
-        """completion/complete; a server without the completions capability offers none."""
-        from mcp.types import CompleteResult, PromptReference, ResourceTemplateReference
-
-        async def run(client: Client) -> dict[str, Any]:
-            if client.server_capabilities.completions is None:
-                return {"completion": {"values": []}}
-            target: PromptReference | ResourceTemplateReference = (
-                PromptReference.model_validate(ref, by_name=False)
-                if ref.get("type") == "ref/prompt"
-                else ResourceTemplateReference.model_validate(ref, by_name=False)
-            )
-            result: CompleteResult = await client.complete(target, argument, context)
-            return wire(result)
-
-        return await self._request(f"completion/complete {ref.get('name') or ref.get('uri')!r}", run)
-
 
 _R = TypeVar("_R")
-
-
-def wire(model: BaseModel) -> dict[str, Any]:
-    """An SDK model as it travels on the wire (camelCase, no nulls)."""
-    return model.model_dump(mode="json", by_alias=True, exclude_none=True)
-
-
-def _request_error(server: str, what: str, exc: MCPError) -> Exception:
-    """A server's JSON-RPC error to a resources/prompts request; args[1] keeps its code."""
-    text = f"{server}: {what}: the server answered with error {exc.code}: {exc.message}"
-    if exc.code == INVALID_PARAMS:
-        return InvalidArgumentsError(text, exc.code)
-    return ToolProtocolError(text, exc.code)
-
-
-def _protocol_error(server: str, tool: str, exc: MCPError) -> Exception:
-    text = f"{server}/{tool}: the server answered with error {exc.code}: {exc.message}"
-    if exc.code == INVALID_PARAMS:
-        return InvalidArgumentsError(text)
-    if exc.code == METHOD_NOT_FOUND:
-        return UnknownToolError(text)
-    return ToolProtocolError(text)
-
-
-class _WatchedReadStream:
-    """The transport's read stream; its end (EOF, closed, broken) means the server is gone.
-
-    The SDK fails in-flight requests when the connection closes but does not tell an idle
-    owner; this proxy does, so a crashed idle server is restarted at once, not at the next call.
-    A proxy and not a relay task: it costs one Python call per message, not a task switch.
-    """
-
-    def __init__(self, inner: Any, on_end: Callable[[], None]) -> None:
-        self._inner = inner
-        self._on_end = on_end
-
-    async def receive(self) -> Any:
-        try:
-            return await self._inner.receive()
-        except (anyio.EndOfStream, anyio.ClosedResourceError, anyio.BrokenResourceError):
-            self._on_end()
-            raise
-
-    async def aclose(self) -> None:
-        await self._inner.aclose()
-
-    def __aiter__(self) -> _WatchedReadStream:
-        return self
-
-    async def __anext__(self) -> Any:
-        try:
-            return await self.receive()
-        except anyio.EndOfStream:
-            raise StopAsyncIteration from None
-
-    async def __aenter__(self) -> _WatchedReadStream:
-        return self
-
-    async def __aexit__(self, *exc: object) -> None:
-        await self.aclose()
-
-
-@asynccontextmanager
-async def _watched(transport: Any, session: ServerSession, wake: anyio.Event) -> AsyncIterator[Any]:
-    def on_end() -> None:
-        if not session._stopping and session.client is not None:
-            session._lost = True
-            session.client = None
-            session._set_state("restarting")
-        wake.set()
-
-    async with transport as (read, write):
-        yield _WatchedReadStream(read, on_end), write

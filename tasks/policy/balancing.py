@@ -137,14 +137,20 @@ def choose_with_affinity(
 ) -> tuple[str | None, bool]:
     """The node for a project's call, and whether the stored affinity must change to it.
 
-    The affine node is kept while it offers `server`, is healthy and its breaker is not open.
-    Otherwise a node is chosen as by `choose_worker`; `changed` is True when it differs from
-    `affine_node` (a first affinity, a move, or None: forget it). Under "shared-queue" a project
+    The affine node is kept while it offers `server`, its breaker is not open and it is
+    healthy (or no node is: while every session is still starting, moving the project gains
+    nothing and would scatter it). Otherwise a node is chosen as by `choose_worker`;
+    `changed` is True when it differs from `affine_node` (a first affinity, a move, or None:
+    forget it). Under "shared-queue" a project
     still gets an affine worker, chosen by least-load, so its calls share one host's state.
     Without a project there is no affinity: `choose_worker` decides and `changed` is False.
     """
+    any_healthy = any(server in w.servers and w.healthy and w.node not in open_breakers for w in workers)
     eligible = any(
-        w.node == affine_node and server in w.servers and w.healthy and w.node not in open_breakers
+        w.node == affine_node
+        and server in w.servers
+        and (w.healthy or not any_healthy)
+        and w.node not in open_breakers
         for w in workers
     )
     if project_id is not None and affine_node is not None and eligible:

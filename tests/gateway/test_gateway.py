@@ -171,12 +171,33 @@ def test_not_json_rpc_is_an_invalid_request(gateway: RunningGateway) -> None:
         [],
         42,
         {"jsonrpc": "2.0", "id": 1},
+        # A batch: MCP removed JSON-RPC batching (2025-06-18); neither era the gateway speaks has it.
+        [{"jsonrpc": "2.0", "id": 1, "method": "ping"}, {"jsonrpc": "2.0", "id": 2, "method": "ping"}],
+        # An id must be a string, a number or null.
+        {"jsonrpc": "2.0", "id": {"a": 1}, "method": "ping"},
+        {"jsonrpc": "2.0", "id": [1], "method": "ping"},
+        {"jsonrpc": "2.0", "id": True, "method": "ping"},
     ]
     for body in bodies:
         r = rpc(gateway.url, json.dumps(body).encode(), headers=headers)
         assert r.status_code == 400, (body, r.text)
         assert r.json()["error"]["code"] == -32600, (body, r.text)
         assert r.json()["error"]["message"].startswith("Invalid Request")
+        assert r.json()["id"] is None
+    still_serves(gateway)
+
+
+def test_a_body_nested_ten_thousand_deep_is_a_parse_error_not_a_crash(gateway: RunningGateway) -> None:
+    headers = legacy_session(gateway.url)
+    deep = (
+        b'{"jsonrpc": "2.0", "id": 1, "method": "tools/call", "params": '
+        + b"[" * 10_000
+        + b"]" * 10_000
+        + b"}"
+    )
+    r = rpc(gateway.url, deep, headers=headers)
+    assert r.status_code == 400, r.text
+    assert r.json()["error"]["code"] == -32700
     still_serves(gateway)
 
 

@@ -25,7 +25,7 @@ def test_a_projects_calls_stay_on_one_worker(cluster: Any) -> None:
         for _ in range(12)
     ]
     workers = {v["worker"] for v in values}
-    assert len(workers) == 1, f"a project's calls were spread over {workers}"
+    assert len(workers) == 1, f"a project's calls were spread over {[v['worker'] for v in values]}"
     stored = redis.Redis.from_url(os.environ["AGENTFUL_BROKER_URL"]).get(AFFINITY_PREFIX + project)
     assert stored == workers.pop().encode()
 

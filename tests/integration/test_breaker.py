@@ -17,7 +17,10 @@ pytestmark = pytest.mark.integration
 HOST = socket.gethostname()
 
 
-def test_breaker_opens_on_timeouts_then_probes_and_closes(cluster: Any, tmp_path: Path) -> None:
+def test_breaker_opens_on_the_servers_timeouts_then_probes_and_closes(cluster: Any, tmp_path: Path) -> None:
+    """A timeout the caller chose (`timeout_s`) is the caller's bound, not the server's fault:
+    it never opens the breaker that every caller of the server shares. Running past the
+    server's own `callTimeoutS` does."""
     need(HAS_NODE, "node and server-everything (npm ci)")
     from tasks import app, call_tool
     from tasks.errors import CircuitOpenError, ToolTimeoutError
@@ -29,6 +32,7 @@ def test_breaker_opens_on_timeouts_then_probes_and_closes(cluster: Any, tmp_path
         "circuitBreaker": {"threshold": 2, "timeout": 2000},
         "retry": {"maxAttempts": 1},
     }
+    config["servers"]["everything"]["callTimeoutS"] = 0.5
     (tmp_path / "config.json").write_text(json.dumps(config))
     node = f"brk@{HOST}"
     registry = Registry(os.environ["AGENTFUL_BROKER_URL"])
@@ -46,11 +50,18 @@ def test_breaker_opens_on_timeouts_then_probes_and_closes(cluster: Any, tmp_path
     try:
         assert wait_for(lambda: node in registry.alive() and consumes_shared_queue(), 60)
         slow = ("everything", "trigger-long-running-operation", {"duration": 30, "steps": 30})
-        for _ in range(2):
+        for _ in range(3):
             r = call_tool.apply_async(slow, {"timeout_s": 0.3}, queue=f"worker.{node}")
+            with pytest.raises(ToolTimeoutError, match=r"did not finish within 0\.3 s"):
+                r.get(timeout=30)
+        assert not wait_for(lambda: breaker() != "closed", 3), "a caller's own timeouts opened the breaker"
+        for _ in range(2):
+            r = call_tool.apply_async(slow, queue=f"worker.{node}")
             with pytest.raises(ToolTimeoutError):
                 r.get(timeout=30)
-        assert wait_for(lambda: breaker() == "open", 10), "two timeouts in a row should open the breaker"
+        assert wait_for(lambda: breaker() == "open", 10), (
+            "two server timeouts in a row should open the breaker"
+        )
         assert wait_for(lambda: not consumes_shared_queue(), 10), "an open breaker stops the shared queue"
         fast = call_tool.apply_async(("everything", "echo", {"message": "x"}), queue=f"worker.{node}")
         with pytest.raises(CircuitOpenError) as info:

@@ -218,6 +218,7 @@ def test_a_dead_workers_signed_calls_move_to_their_servers_queue(own_broker: str
     """Failover with signing on: the body is a signed envelope, so workers/failover.py finds the
     server in the message header set at publish; the moved call, still signed, runs."""
     from tasks.queues import SERVER_HEADER
+    from tasks.registry import Registry
     from workers.failover import Reaper, target_queue
     from workers.launcher import WorkerProcess, wait_for
 
@@ -248,7 +249,10 @@ def test_a_dead_workers_signed_calls_move_to_their_servers_queue(own_broker: str
         legacy = {**payload, "headers": {k: v for k, v in payload["headers"].items() if k != SERVER_HEADER}}
         assert target_queue(legacy) == "agentful"  # no header, unreadable body: the control queue
 
-        assert Reaper(own_broker, node="test@reaper").reap("ghost@nowhere") == (0, 1)
+        reaper = Reaper(
+            Registry(own_broker), store, broker_is_store=True, me=lambda: None, interval_s=2, expiry_s=5
+        )
+        assert reaper.reap("ghost@nowhere/0123456789ab") == (0, 1)
         assert store.llen(dead_queue) == 0 and store.llen("mcp.time") == 1 and store.llen("agentful") == 0
 
         log = tmp_path / "worker.log"

@@ -7,6 +7,7 @@ import os
 import socket
 import subprocess
 import sys
+import time
 from pathlib import Path
 from typing import Any
 
@@ -81,3 +82,38 @@ def test_workers_reconnect_after_the_broker_restarts(tmp_path: Path) -> None:
     finally:
         worker.stop()
         broker.stop()
+
+
+def test_a_warm_stop_ends_within_its_bound_and_hands_a_long_call_to_another_worker(tmp_path: Path) -> None:
+    """SIGTERM while a call runs past AGENTFUL_STOP_TIMEOUT_S: the stop turns hard at the bound,
+    the worker retires its incarnation (fenced, what it held restored) and exits; the call runs
+    again on another worker (the one window: it was inside the MCP server), exactly once more."""
+    from tests.chaos.brokers import RedisProcess
+    from tests.chaos.harness import ChaosCluster, read_ledger
+    from workers.launcher import wait_for
+
+    broker = RedisProcess.valkey(tmp_path / "broker").start()
+    cluster = ChaosCluster(tmp_path, broker, workers=2, concurrency=2, env={"AGENTFUL_STOP_TIMEOUT_S": "3"})
+    try:
+        cluster.start()
+        code = (
+            "from tasks import call_tool\n"
+            "r = call_tool.apply_async(('ledger', 'record', {'key': 'long', 'seconds': 8}), "
+            f"queue='worker.{cluster.node(0)}')\n"
+            "print(r.get(timeout=90)['worker'])\n"
+        )
+        waiter = subprocess.Popen(
+            [sys.executable, "-c", code], env=cluster.env, cwd=ROOT, stdout=subprocess.PIPE, text=True
+        )
+        assert cluster.wait_executions(1, 30), "the long call never started"
+        stopping = time.monotonic()
+        exit_code = cluster.workers[0].stop(timeout_s=30)
+        took = time.monotonic() - stopping
+        assert exit_code == 1 and took < 8, f"warm stop: exit {exit_code} after {took:.1f} s (bound 3 s)"
+        out, _ = waiter.communicate(timeout=60)
+        assert out.strip() == cluster.node(1)
+        runs = [line for line in read_ledger(Path(str(cluster.ledger) + ".jsonl")) if line["ev"] == "start"]
+        assert [r["attempt"] for r in runs] == [1, 2], runs
+        assert wait_for(lambda: "stopping hard" in (tmp_path / "worker0.log").read_text(), 5)
+    finally:
+        cluster.stop()

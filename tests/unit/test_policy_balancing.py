@@ -349,6 +349,15 @@ def test_affinity_table(kwargs: dict[str, Any], result: tuple[str | None, bool])
     assert affine(workers, **kwargs) == result
 
 
+def test_while_no_node_is_healthy_the_project_stays_where_it_is() -> None:
+    """Every session still starting (a cluster that just came up): moving the project would
+    only scatter its calls; once another node is healthy and the affine one is not, it moves."""
+    starting = [w("a", healthy=False), w("b", healthy=False)]
+    assert affine(starting, "b", "least-load") == ("b", False)
+    assert affine(starting, "b", "least-load", open_breakers=frozenset({"b"})) == ("a", True)
+    assert affine([w("a"), w("b", healthy=False)], "b", "least-load") == ("a", True)
+
+
 def test_affinity_fallback_may_land_on_the_affine_node() -> None:
     # the only worker is unhealthy: it is still used (fallback), and the affinity does not change
     assert affine([w("a", healthy=False)], "a") == ("a", False)

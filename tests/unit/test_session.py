@@ -1,15 +1,18 @@
-"""workers/session.py pure helpers: reconnect backoff and one-line exception descriptions."""
+"""workers/session.py and workers/wire.py pure helpers: reconnect backoff, one-line exception
+descriptions, and which faults are the connection's (restart the shared session) or the caller's."""
 
 from __future__ import annotations
 
+import anyio
 import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 from mcp.shared.exceptions import MCPError
 from mcp.types import CONNECTION_CLOSED, INVALID_PARAMS
 
-from tasks.errors import ServerStartError
-from workers.session import describe, restart_delay_s
+from tasks.errors import InvalidArgumentsError, ServerStartError, ToolProtocolError
+from workers.session import restart_delay_s
+from workers.wire import call_error, describe, is_connection_fault
 
 
 @pytest.mark.parametrize(
@@ -92,3 +95,30 @@ def test_restart_delay_does_not_overflow(failures: int) -> None:
 )
 def test_describe(exc: BaseException, text: str) -> None:
     assert describe(exc) == text
+
+
+@pytest.mark.parametrize(
+    ("exc", "fault"),
+    [
+        (anyio.ClosedResourceError(), True),
+        (anyio.BrokenResourceError(), True),
+        (anyio.EndOfStream(), True),
+        (ConnectionResetError(), True),
+        (BrokenPipeError(), True),
+        (ExceptionGroup("g", [anyio.ClosedResourceError(), OSError()]), True),
+        # The caller's: arguments the SDK could not send, a bad value. The session lives on.
+        (ValueError("Invalid timeout"), False),
+        (RecursionError("maximum recursion depth exceeded"), False),
+        (TypeError("not serialisable"), False),
+        (ExceptionGroup("g", [anyio.ClosedResourceError(), ValueError()]), False),
+    ],
+)
+def test_only_a_dead_connection_is_a_connection_fault(exc: BaseException, fault: bool) -> None:
+    assert is_connection_fault(exc) is fault
+
+
+def test_a_call_error_is_the_callers() -> None:
+    assert isinstance(call_error("s", "t", RecursionError("deep")), InvalidArgumentsError)
+    assert isinstance(call_error("s", "t", ValueError("nan")), InvalidArgumentsError)
+    assert isinstance(call_error("s", "t", KeyError("x")), ToolProtocolError)
+    assert "s/t" in str(call_error("s", "t", ValueError("nan")))

@@ -1,0 +1,69 @@
+"""Celery's Redis result backend, where a call's result is stored only under its claim.
+
+A task that runs a call under a claim (tasks/delivery/claims.py) carries it on its request
+(`request.agentful_claim`). Its result, a retry or a failure is then written by one script
+(tasks/delivery/scripts.py STORE) that checks, in the same step, that the claim still has the
+task's token and its owner incarnation is not fenced, and that no SUCCESS is stored already.
+So a worker that resumes after it was declared dead, or a copy of a call that waited for its
+owner, stores nothing. Everything else (list_tools, states without a claim) is stored exactly
+as Celery's RedisBackend stores it. Selected by the URL `tasks.delivery.backend:FencedRedisBackend+redis://...`,
+Celery's way to name a backend class (celeryconfig.py).
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from celery import states
+from celery.backends.redis import RedisBackend
+from kombu.utils.encoding import bytes_to_str
+
+from tasks.delivery import keys, scripts
+from tasks.delivery.claims import Claim
+
+BACKEND_CLASS = "tasks.delivery.backend:FencedRedisBackend"
+
+
+def claim_state_after(state: str) -> str:
+    """The claim's state once `state` is stored: a final state ends it, a retry frees it."""
+    if state in states.READY_STATES:
+        return "done"
+    if state == states.RETRY:
+        return "free"
+    return ""
+
+
+class FencedRedisBackend(RedisBackend):  # type: ignore[misc]
+    def _store_result(
+        self,
+        task_id: str,
+        result: Any,
+        state: str,
+        traceback: Any = None,
+        request: Any = None,
+        **kwargs: Any,
+    ) -> Any:
+        claim: Claim | None = getattr(request, "agentful_claim", None)
+        if claim is None:
+            return super()._store_result(task_id, result, state, traceback, request, **kwargs)
+        if not claim.owner:
+            return result  # a copy that waited for the owner's result: it writes nothing
+        meta = self._get_result_meta(result=result, state=state, traceback=traceback, request=request)
+        meta["task_id"] = bytes_to_str(task_id)
+        expires = self.failure_expires if state == states.FAILURE else self.expires
+        self.ensure(
+            self._fenced_set,
+            (self.get_key_for_task(task_id), self.encode(meta), expires, claim, claim_state_after(state)),
+        )
+        return result
+
+    def _fenced_set(self, key: str, value: Any, expires: int | None, claim: Claim, after: str) -> bool:
+        script = self.__dict__.get("_store_script")
+        if script is None:
+            script = self.__dict__["_store_script"] = self.client.register_script(scripts.STORE)
+        ms = int(expires * 1000) if expires else 0
+        stored = script(
+            keys=[key, keys.claim(claim.task_id), keys.fenced(claim.incarnation)],
+            args=[value, ms, claim.token, after],
+        )
+        return bool(stored)

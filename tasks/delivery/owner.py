@@ -1,0 +1,75 @@
+"""How a task becomes the owner of its call, or waits for the owner's result (tasks/delivery/claims.py).
+
+Called by `call_tool` on the worker before anything reaches the MCP server. A copy of a call
+(redelivered after a reconnect, restored from a worker wrongly thought dead, submitted twice
+with one idempotency key) finds the claim held: it waits, polling, for the owner's result, and
+takes the call over if the owner is declared dead meanwhile. A copy that has waited
+`WAIT_BOUND_S` goes back to the queue for later instead of holding a slot for a long call.
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from typing import Any
+
+import redis
+from celery.exceptions import Ignore
+
+from tasks.delivery import identity
+from tasks.delivery.claims import Claim, ClaimStore, not_owner
+
+log = logging.getLogger(__name__)
+WAIT_POLL_S = 0.2
+WAIT_BOUND_S = 30.0
+REQUEUE_AFTER_S = 5.0
+_stores: dict[str, ClaimStore] = {}
+
+
+def claim_store(url: str, ttl_s: float) -> ClaimStore:
+    store = _stores.get(url)
+    if store is None:
+        client = redis.Redis.from_url(url, socket_connect_timeout=3, socket_timeout=10)
+        store = _stores[url] = ClaimStore(client, ttl_s=ttl_s)
+    return store
+
+
+def own_call(task: Any, store: ClaimStore | None) -> Claim | None:
+    """The claim this task runs its call under (set on `task.request` for the result backend),
+    or None where there are no claims (no Redis store, or not in a worker). Raises Celery's
+    Ignore when the call is not this task's to run: its result is stored or will be by its owner."""
+    incarnation = identity.current()
+    task_id = task.request.id
+    if store is None or incarnation is None or not task_id:
+        return None
+    deadline = time.monotonic() + WAIT_BOUND_S
+    waited = False
+    while True:
+        verdict, claim, owner = store.take(task_id, incarnation)
+        if verdict == "own":
+            assert claim is not None
+            if waited:
+                log.warning(
+                    "call %s: its owner %s was declared dead; running it (attempt %d)",
+                    task_id,
+                    owner,
+                    claim.attempt,
+                )
+            task.request.agentful_claim = claim
+            return claim
+        task.request.agentful_claim = not_owner(task_id, incarnation)
+        if verdict == "done":
+            raise Ignore(f"call {task_id} already has its result (from {owner}); this copy does nothing")
+        if verdict == "fenced":
+            raise Ignore(
+                f"this worker incarnation ({incarnation}) was declared dead; call {task_id} moved on"
+            )
+        if not waited:
+            log.info("call %s is running on %s; this copy waits for its result", task_id, owner)
+            waited = True
+        if time.monotonic() > deadline:
+            task.signature_from_request(task.request, countdown=REQUEUE_AFTER_S).apply_async()
+            raise Ignore(
+                f"call {task_id} still runs on {owner}; this copy looks again in {REQUEUE_AFTER_S:.0f} s"
+            )
+        time.sleep(WAIT_POLL_S)
