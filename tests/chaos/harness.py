@@ -11,7 +11,10 @@ from what the driver got back, never from what the cluster says of itself:
   flight there, its result not stored, when its worker was declared dead: the one window
   docs/reliability.md names);
 - recovery_s: the fault to the last completion of a call of the faulted worker's projects (those
-  it had answered calls of before the fault; with no faulted worker, of any call).
+  it had answered calls of before the fault; with no faulted worker, of any call): failover plus
+  the time the survivors take to work through those projects' backlog;
+- failover_s: the fault to the first execution of a call of those projects by another worker
+  (the dead worker detected, fenced, and its calls handed on); None without a faulted worker.
 Used by tests/chaos and by bench/chaos.py.
 """
 
@@ -47,6 +50,7 @@ class Outcome:
     in_window: int
     recovery_s: float
     executions: int
+    failover_s: float | None = None
     last_done: float = 0.0  # wall time of the last completion of any call
     lost_keys: list[str] = field(default_factory=list)
     duplicated_keys: list[str] = field(default_factory=list)
@@ -60,6 +64,7 @@ class Outcome:
             "duplicated": self.duplicated,
             "in_window": self.in_window,
             "recovery_s": round(self.recovery_s, 3),
+            "failover_s": None if self.failover_s is None else round(self.failover_s, 3),
             "executions": self.executions,
             "states": self.states,
             "lost_keys": self.lost_keys[:10],
@@ -115,6 +120,12 @@ def analyse(
     done = [
         v["t_done"] for v in accepted.values() if "t_done" in v and (not mine or v.get("project") in mine)
     ]
+    taken_over = [
+        s["t"] - fault_at
+        for key, starts in runs.items()
+        for s in starts
+        if s["t"] > fault_at and s["pid"] not in victim_pids and outcome.get(key, {}).get("project") in mine
+    ]
     return Outcome(
         calls=len(outcome),
         accepted=len(accepted),
@@ -123,6 +134,7 @@ def analyse(
         in_window=window,
         recovery_s=max((t - fault_at for t in done if t > fault_at), default=0.0),
         executions=sum(len(s) for s in runs.values()),
+        failover_s=min(taken_over) if mine and taken_over else None,
         last_done=max((v["t_done"] for v in accepted.values() if "t_done" in v), default=0.0),
         lost_keys=lost,
         duplicated_keys=sorted(duplicated),
@@ -145,7 +157,10 @@ class ChaosCluster:
         dedupe: bool = False,
         env: dict[str, str] | None = None,
         config: dict[str, Any] | None = None,
+        servers: dict[str, Any] | None = None,
     ) -> None:
+        """`servers`: more servers beside the ledger (every worker runs them all); `config`:
+        more top-level sections of the config file (projects, agents, ...)."""
         self.tmp = tmp
         self.broker = broker
         self.backend_url = backend_url
@@ -156,12 +171,8 @@ class ChaosCluster:
         self.workers: list[WorkerProcess] = []
         self.beat: subprocess.Popen[bytes] | None = None
         server_env = {"LEDGER_FILE": str(self.ledger), **({"LEDGER_DEDUPE": "1"} if dedupe else {})}
-        self.config: dict[str, Any] = {
-            "servers": {
-                "ledger": {"command": sys.executable, "args": [str(LEDGER_SERVER)], "env": server_env}
-            },
-            **(config or {}),
-        }
+        ledger = {"command": sys.executable, "args": [str(LEDGER_SERVER)], "env": server_env}
+        self.config: dict[str, Any] = {**(config or {}), "servers": {"ledger": ledger, **(servers or {})}}
         self.extra_env = env or {}
 
     @property
@@ -193,7 +204,7 @@ class ChaosCluster:
     def start_worker(self, i: int) -> WorkerProcess:
         return WorkerProcess(
             f"chaos{i}@%h",
-            ["ledger"],
+            list(self.config["servers"]),
             env=self.env,
             concurrency=self.concurrency,
             log_path=self.tmp / f"worker{i}.log",
@@ -231,8 +242,18 @@ class ChaosCluster:
     def executions(self) -> list[dict[str, Any]]:
         return [line for line in read_ledger(Path(str(self.ledger) + ".jsonl")) if line["ev"] == "start"]
 
-    def in_flight(self) -> dict[str, int]:
-        """What each live worker's latest heartbeat says it runs and holds (after a settle)."""
+    def in_flight(self, settle_s: float = 15.0) -> dict[str, int]:
+        """What each live worker's heartbeat says it runs and holds: the first reading with all
+        at zero, or the last one after `settle_s` (a beat is up to an interval old; a counter
+        stuck above zero stays there)."""
+        deadline = time.monotonic() + settle_s
+        while True:
+            counts = self._in_flight_now()
+            if set(counts.values()) <= {0} or time.monotonic() >= deadline:
+                return counts
+            time.sleep(0.5)
+
+    def _in_flight_now(self) -> dict[str, int]:
         code = (
             "import json\nfrom tasks.api import catalog_store\nfrom tasks.registry import Registry\n"
             "alive = Registry(catalog_store().url).alive()\n"

