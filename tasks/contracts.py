@@ -49,6 +49,7 @@ class ToolExecutor(Protocol):
         cancelled: Callable[[], bool] | None = None,
         still_owner: Callable[[], bool] | None = None,
         rerun: bool = False,
+        project: str | None = None,
     ) -> tuple[dict[str, Any], int]:
         """Return (the MCP CallToolResult as wire JSON, attempts it took).
 
@@ -59,7 +60,8 @@ class ToolExecutor(Protocol):
         stale (it may have been declared dead while it was paused), `still_owner()` is asked,
         off the event loop, right before the call is sent; false raises
         `tasks.delivery.claims.LostClaim` and nothing is sent. `rerun`: a call the server
-        crashed under is run once more on its new session.
+        crashed under is run once more on its new session. `project`: the session of a
+        per-project server to use (required for those).
         """
         ...
 

@@ -57,6 +57,18 @@ class InvalidOptionError(PermanentError):
     """An option of the call (timeout_s, priority, countdown, eta, expires, ...) is invalid."""
 
 
+class WorkspaceError(PermanentError):
+    """A project's workspace could not be made on the worker (clone failed, disk full, ...)."""
+
+
+class AgentRunError(PermanentError):
+    """A headless agent run failed: the agent exited badly, or its model endpoint failed."""
+
+
+class AgentRunLostError(PermanentError):
+    """The worker running an agent run died mid-run; by policy it is not run again."""
+
+
 class ToolProtocolError(PermanentError):
     """The MCP server answered the call with a JSON-RPC error instead of a result."""
 

@@ -14,7 +14,7 @@ import random
 import threading
 import time
 from collections import Counter
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from typing import Protocol
 
 import redis
@@ -24,7 +24,7 @@ from tasks.registry import Registry, WorkerBeat, worker_queue
 from tasks.routing import server_queue
 
 AFFINITY_PREFIX = "agentful:affinity:"
-SERVING_STATES = frozenset({"ready", "in-pool-processes"})
+SERVING_STATES = frozenset({"ready", "in-pool-processes", "per-project"})
 
 
 def views(
@@ -61,12 +61,18 @@ class AffinityStore(Protocol):
     def set(self, project_id: str, node: str | None) -> None: ...
 
 
-class RedisAffinity:
-    """Project -> node, shared by every producer, each entry with a TTL."""
+def _never(project_id: str) -> bool:
+    return False
 
-    def __init__(self, client: redis.Redis, *, ttl_s: float) -> None:
+
+class RedisAffinity:
+    """Project -> node, shared by every producer, each entry with a TTL but a sticky project's
+    (one with a workspace: it stays on its host however long it is idle)."""
+
+    def __init__(self, client: redis.Redis, *, ttl_s: float, sticky: Callable[[str], bool] = _never) -> None:
         self._client = client
         self.ttl_s = ttl_s
+        self.sticky = sticky
 
     def get(self, project_id: str) -> str | None:
         raw = self._client.get(AFFINITY_PREFIX + project_id)
@@ -76,7 +82,8 @@ class RedisAffinity:
         if node is None:
             self._client.delete(AFFINITY_PREFIX + project_id)
         else:
-            self._client.set(AFFINITY_PREFIX + project_id, node, px=int(self.ttl_s * 1000))
+            ttl_ms = None if self.sticky(project_id) else int(self.ttl_s * 1000)
+            self._client.set(AFFINITY_PREFIX + project_id, node, px=ttl_ms)
 
 
 class ClusterRouter:
@@ -88,9 +95,12 @@ class ClusterRouter:
         algorithm: Algorithm,
         cache_s: float = 1.0,
         seed: int | None = None,
+        sticky: Callable[[str], bool] = _never,
     ) -> None:
+        """`sticky(project)`: the project has a workspace, and moves only when its node is gone."""
         self.registry = registry
         self.affinity = affinity
+        self.sticky = sticky
         self.algorithm = algorithm
         self.cache_s = cache_s
         self._rng = random.Random(seed)
@@ -163,6 +173,7 @@ class ClusterRouter:
                 open_breakers=open_breakers,
                 counter=next(self._counter),
                 rng=self._rng,
+                sticky=project_id is not None and self.sticky(project_id),
             )
             if changed and project_id is not None:
                 self.affinity.set(project_id, node)

@@ -13,6 +13,9 @@ from typing import Any
 
 CONTROL_QUEUE = "agentful"
 SERVER_QUEUE_PREFIX = "mcp."
+# Agent runs (tasks/agents.py) are routed like the calls of a server of this name: their shared
+# queue is `mcp.agent`, and workers with agents on report it in their heartbeats. Reserved.
+AGENT_SERVER = "agent"
 
 
 # Requests to one server's session (resources, prompts): its shared queue, like list_tools.
@@ -48,6 +51,11 @@ def route_task(
     name: str, args: Any, kwargs: Any, options: Any, task: Any = None, **kw: Any
 ) -> dict[str, Any]:
     """Celery `task_routes` function: calls by affinity and load, the rest to the control queue."""
+    if name == "agentful.run_agent":
+        project = kwargs.get("project_id") if kwargs else None
+        if _cluster_router is not None and isinstance(project, str):
+            return {"queue": _cluster_router(AGENT_SERVER, project)}
+        return {"queue": server_queue(AGENT_SERVER)}
     if name in ("agentful.call_tool", "agentful.list_tools") or name in SERVER_REQUEST_TASKS:
         server = _server_of(args, kwargs)
         if server:

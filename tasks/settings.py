@@ -46,6 +46,10 @@ class Settings(BaseSettings):
     stop_timeout_s: float = Field(
         default=60.0, gt=0, description="how long a warm stop may wait for running calls before it turns hard"
     )
+    workspaces: Path | None = Field(
+        default=None,
+        description="this host's workspaces root (unset: projects.root, else <data dir>/workspaces)",
+    )
     call_expires_s: float = Field(
         default=3600.0, ge=0, description="a call not started by then is dropped (expires); 0: never"
     )
@@ -105,6 +109,14 @@ class Settings(BaseSettings):
     @property
     def log_dir(self) -> Path:
         return self.data_dir / "logs"
+
+    def workspaces_root(self, config: ConfigFile) -> Path:
+        """Where this host keeps project workspaces."""
+        if self.workspaces is not None:
+            return self.workspaces
+        if config.projects.root:
+            return Path(config.projects.root)
+        return self.data_dir / "workspaces"
 
     @property
     def broker_state_file(self) -> Path:

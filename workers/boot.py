@@ -16,6 +16,7 @@ import threading
 import time
 from typing import Any
 
+import redis
 from celery.signals import (
     task_postrun,
     task_prerun,
@@ -31,7 +32,7 @@ from tasks.app import app
 from tasks.contracts import set_executor_factory
 from tasks.policy.scaling import CallWindow
 from tasks.registry import ServerHealth, worker_queue
-from tasks.routing import server_queue
+from tasks.routing import AGENT_SERVER, server_queue
 from tasks.settings import get_config, get_settings
 from workers import (
     control,  # noqa: F401  (registers agentful's control commands)
@@ -39,6 +40,7 @@ from workers import (
 )
 from workers.heartbeat import Heartbeat
 from workers.hub import SessionHub
+from workers.workspaces import Workspaces
 
 log = logging.getLogger(__name__)
 _hub: SessionHub | None = None
@@ -68,6 +70,7 @@ def get_hub() -> SessionHub:
                 worker=_node_name or f"{socket.gethostname()}:{os.getpid()}",
                 on_breaker=_on_breaker,
                 lease_s=settings.heartbeat_s,
+                workspaces=_workspaces(settings, config),
             )
             _hub.start()
             log.info("MCP runtime started in pid %d: %s", os.getpid(), ", ".join(_hub.servers()) or "none")
@@ -75,6 +78,17 @@ def get_hub() -> SessionHub:
 
 
 set_executor_factory(get_hub)
+
+
+def _workspaces(settings: Any, config: Any) -> Workspaces | None:
+    """This host's project workspaces, if it runs a per-project server (or agent runs)."""
+    names = settings.worker_servers(config)
+    if not (config.agents.enabled or any(config.servers[n].per_project for n in names)):
+        return None
+    store = catalog_store()
+    client = redis.Redis.from_url(store.url, socket_connect_timeout=3, socket_timeout=10) if store else None
+    node = _node_name or f"{socket.gethostname()}:{os.getpid()}"
+    return Workspaces(settings.workspaces_root(config), config.projects, node=node, store=client)
 
 
 def in_process_hub() -> SessionHub | None:
@@ -118,6 +132,8 @@ def _on_ready(sender: Any = None, **_: Any) -> None:
     _node_name = str(getattr(sender, "hostname", "") or "")
     queue = worker_queue(_node_name)
     sender.add_task_queue(queue)  # calls routed to this very worker (affinity)
+    if get_config().agents.enabled:
+        sender.add_task_queue(server_queue(AGENT_SERVER))  # agent runs (tasks/agents.py)
     controller = getattr(sender, "controller", None)
     pool = getattr(controller, "pool_cls", None)
     in_process = "prefork" not in str(getattr(pool, "__module__", pool))
@@ -133,9 +149,12 @@ def _on_ready(sender: Any = None, **_: Any) -> None:
     names = settings.worker_servers(config)
 
     def servers() -> dict[str, ServerHealth]:
-        if in_process:
-            return get_hub().health()
-        return {name: ServerHealth(state="in-pool-processes") for name in names}
+        health = (
+            get_hub().health() if in_process else {n: ServerHealth(state="in-pool-processes") for n in names}
+        )
+        if config.agents.enabled:
+            health[AGENT_SERVER] = ServerHealth(state="ready")
+        return health
 
     reaper = lifecycle.reaper(store.url)
     _heartbeat = Heartbeat(

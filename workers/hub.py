@@ -21,16 +21,19 @@ import anyio
 from celery.exceptions import TaskRevokedError
 
 from tasks.catalog import CatalogStore, ServerTools
-from tasks.config_file import ConfigFile
+from tasks.config_file import ConfigFile, ServerSpec
 from tasks.contracts import ProgressFn, ToolInfo
-from tasks.errors import ToolTimeoutError, UnknownServerError
+from tasks.errors import ConfigError, ToolTimeoutError, UnknownServerError
 from tasks.policy.breaker import BreakerPolicy, BreakerStatus
 from tasks.policy.health import HealthPolicy
 from tasks.registry import ServerHealth
 from tasks.telemetry.calls import observe_call
 from workers import requests
+from workers.agents import AgentRunner
+from workers.project_sessions import ProjectSessions
 from workers.session import ServerSession
 from workers.wire import wire
+from workers.workspaces import Workspaces
 
 log = logging.getLogger(__name__)
 T = TypeVar("T")
@@ -56,33 +59,59 @@ class SessionHub:
         worker: str,
         on_breaker: Callable[[str, BreakerStatus], None] | None = None,
         lease_s: float = 2.0,
+        workspaces: Workspaces | None = None,
     ) -> None:
         self.pid = os.getpid()
         self.config = config
         self.store = store
         self.worker = worker
-        self.sessions = {
-            name: ServerSession(
-                name,
-                config.servers[name],
-                log_dir=log_dir,
-                on_tools=self._publish,
-                worker=worker,
-                breaker_policy=BreakerPolicy(
-                    threshold=config.mcp.client.circuit_breaker.threshold,
-                    open_s=config.mcp.client.circuit_breaker.timeout / 1000,
-                ),
-                on_breaker=on_breaker,
-                health_policy=HealthPolicy.from_config(config.mcp.client.load_balancing.health_check),
-            )
-            for name in servers
-        }
-        for session in self.sessions.values():
-            session.lease_s = lease_s
+        self.log_dir = log_dir
+        self.on_breaker = on_breaker
+        self.lease_s = lease_s
+        shared = [n for n in servers if not config.servers[n].per_project]
+        self.sessions = {name: self._make(name, config.servers[name]) for name in shared}
         self._loop = asyncio.new_event_loop()
         self._thread = threading.Thread(target=self._run_loop, name="agentful-mcp-loop", daemon=True)
         self._started = threading.Event()
         self._owners: list[concurrent.futures.Future[None]] = []
+        per_project = {n: config.servers[n] for n in servers if config.servers[n].per_project}
+        self.projects: ProjectSessions | None = None
+        self.workspaces = workspaces
+        self._agents: AgentRunner | None = None
+        if per_project:
+            if workspaces is None:
+                raise ConfigError(
+                    "per-project servers need a workspaces root (projects.root or AGENTFUL_WORKSPACES)"
+                )
+            self.projects = ProjectSessions(per_project, workspaces, loop=self._loop, make=self._make)
+
+    def _make(
+        self,
+        name: str,
+        spec: ServerSpec,
+        *,
+        publish: bool = True,
+        wrap: list[str] | None = None,
+        log_name: str | None = None,
+    ) -> ServerSession:
+        config = self.config
+        session = ServerSession(
+            name,
+            spec,
+            log_dir=self.log_dir,
+            on_tools=self._publish if publish else None,
+            worker=self.worker,
+            breaker_policy=BreakerPolicy(
+                threshold=config.mcp.client.circuit_breaker.threshold,
+                open_s=config.mcp.client.circuit_breaker.timeout / 1000,
+            ),
+            on_breaker=self.on_breaker if publish else None,
+            health_policy=HealthPolicy.from_config(config.mcp.client.load_balancing.health_check),
+            wrap=wrap,
+            log_name=log_name,
+        )
+        session.lease_s = self.lease_s
+        return session
 
     # --- lifecycle -------------------------------------------------------------------------
 
@@ -93,6 +122,16 @@ class SessionHub:
         for session in self.sessions.values():
             self._owners.append(asyncio.run_coroutine_threadsafe(session.run(), self._loop))
             self._owners.append(asyncio.run_coroutine_threadsafe(session.watch_breaker(), self._loop))
+        if self.projects is not None:
+            self.projects.start_catalog()
+            self._owners.append(asyncio.run_coroutine_threadsafe(self._reap_idle(), self._loop))
+
+    async def _reap_idle(self, tick_s: float = 5.0) -> None:
+        """Stop per-project sessions idle for their server's idleTimeoutS."""
+        assert self.projects is not None
+        while self._thread.is_alive():
+            await anyio.sleep(tick_s)
+            await anyio.to_thread.run_sync(self.projects.reap_idle)
 
     def _run_loop(self) -> None:
         asyncio.set_event_loop(self._loop)
@@ -103,7 +142,8 @@ class SessionHub:
         """Stop every session (their servers exit) and the loop; bounded."""
         if not self._thread.is_alive():
             return
-        for session in self.sessions.values():
+        every = list(self.sessions.values()) + (self.projects.all() if self.projects is not None else [])
+        for session in every:
             self._loop.call_soon_threadsafe(session.stop)
         concurrent.futures.wait(self._owners, timeout=timeout_s)
         self._loop.call_soon_threadsafe(self._loop.stop)
@@ -123,7 +163,9 @@ class SessionHub:
             future.cancel()
             raise ToolTimeoutError(f"the worker's MCP runtime did not answer within {wait_s:.1f} s") from None
 
-    def _session(self, server: str) -> ServerSession:
+    def _session(self, server: str, project: str | None = None) -> ServerSession:
+        if self.projects is not None and server in self.projects.specs:
+            return self.projects.get(server, project)
         session = self.sessions.get(server)
         if session is None:
             raise UnknownServerError(
@@ -144,8 +186,9 @@ class SessionHub:
         cancelled: Callable[[], bool] | None = None,
         still_owner: Callable[[], bool] | None = None,
         rerun: bool = False,
+        project: str | None = None,
     ) -> tuple[dict[str, Any], int]:
-        session = self._session(server)
+        session = self._session(server, project)
         timeout = timeout_s if timeout_s is not None else session.spec.call_timeout_s
         wait_s = 2 * timeout + session.spec.start_timeout_s + _WAIT_MARGIN_S
         inbox: queue.SimpleQueue[object] = queue.SimpleQueue()
@@ -169,10 +212,14 @@ class SessionHub:
 
         # Metrics, the OpenTelemetry span, and the trace id in `_meta` (tasks/telemetry/calls.py).
         with observe_call(server, tool, meta) as observed:
-            if on_progress is None and cancelled is None:
-                out = self._run(run(), wait_s)
-            else:
-                out = self._run_watched(run(), wait_s, inbox, on_progress, cancelled)
+            try:
+                if on_progress is None and cancelled is None:
+                    out = self._run(run(), wait_s)
+                else:
+                    out = self._run_watched(run(), wait_s, inbox, on_progress, cancelled)
+            finally:
+                if project is not None and self.workspaces is not None and self._per_project(server):
+                    self.workspaces.touched(project)
             observed.done(out[0])
             return out
 
@@ -211,12 +258,33 @@ class SessionHub:
                 )
 
     def list_tools(self, server: str) -> list[ToolInfo]:
-        session = self._session(server)
+        if self.projects is not None and server in self.projects.specs:
+            session = self.projects.catalog[server]
+        else:
+            session = self._session(server)
         tools = self._run(session.list_tools(), session.spec.start_timeout_s + _WAIT_MARGIN_S)
         return [ToolInfo(**t.to_json()) for t in tools.values()]  # type: ignore[typeddict-item]
 
+    def _per_project(self, server: str) -> bool:
+        return self.projects is not None and server in self.projects.specs
+
+    def run_agent(self, project: str, prompt: str, **kwargs: Any) -> dict[str, Any]:
+        """One headless agent run (workers/agents.py), in this task's thread."""
+        if not self.config.agents.enabled or self.workspaces is None:
+            raise UnknownServerError(
+                f"this worker ({self.worker}) does not run agents (agents.enabled is off)"
+            )
+        if self._agents is None:
+            self._agents = AgentRunner(self.config.agents, self.workspaces, log_dir=self.log_dir)
+        result = self._agents.run(project, prompt, **kwargs)
+        self.workspaces.record(project)
+        return result
+
     def rerun_safe(self, server: str, tool: str) -> bool:
-        spec = self._session(server).tools.get(tool)
+        if self.projects is not None and server in self.projects.specs:
+            spec = self.projects.tools(server).get(tool)
+        else:
+            spec = self._session(server).tools.get(tool)
         return spec is not None and spec.rerun_safe
 
     def _request_wait_s(self, session: ServerSession) -> float:
@@ -252,7 +320,7 @@ class SessionHub:
         }
 
     def servers(self) -> list[str]:
-        return list(self.sessions)
+        return [*self.sessions, *(self.projects.specs if self.projects is not None else [])]
 
     async def _check_all(self, timeout_s: float) -> dict[str, dict[str, object]]:
         results: dict[str, dict[str, object]] = {}
@@ -289,4 +357,16 @@ class SessionHub:
                 checks=s.checks,
             )
             for name, s in self.sessions.items()
-        }
+        } | self._project_health()
+
+    def _project_health(self) -> dict[str, ServerHealth]:
+        if self.projects is None:
+            return {}
+        out = {}
+        for name in self.projects.specs:
+            h = self.projects.health(name)
+            out[name] = ServerHealth(
+                state=str(h["state"]), tools=int(h["tools"]), restarts=int(h["restarts"]),
+                in_flight=int(h["in_flight"]), calls=int(h["calls"]), errors=int(h["errors"]),
+            )  # fmt: skip
+        return out

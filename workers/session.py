@@ -14,17 +14,15 @@ from __future__ import annotations
 import logging
 import math
 import os
-import shutil
 import time
 from collections.abc import AsyncIterator, Awaitable, Callable
 from contextlib import AsyncExitStack, asynccontextmanager
 from pathlib import Path
-from typing import Any, Literal, TextIO, TypeVar
+from typing import Any, Literal, TypeVar
 
 import anyio
 import httpx2
-from mcp import Client, StdioServerParameters
-from mcp.client.stdio import stdio_client
+from mcp import Client
 from mcp.client.streamable_http import streamable_http_client
 from mcp.shared.dispatcher import ProgressFnT
 from mcp.shared.exceptions import MCPError
@@ -49,8 +47,16 @@ from tasks.policy.breaker import BreakerPolicy, BreakerState, BreakerStatus, all
 from tasks.policy.health import HealthPolicy, HealthState, observe
 from tasks.telemetry.calls import set_connection
 from tasks.validation import check_against_schema
-from workers.guard import guarded_command
-from workers.wire import call_error, describe, is_connection_fault, protocol_error, request_error, watched
+from workers.stdio import stderr_tail, stdio_transport
+from workers.wire import (
+    call_error,
+    describe,
+    is_connection_fault,
+    list_all_tools,
+    protocol_error,
+    request_error,
+    watched,
+)
 
 log = logging.getLogger(__name__)
 
@@ -77,10 +83,13 @@ class ServerSession:
         breaker_policy: BreakerPolicy | None = None,
         on_breaker: Callable[[str, BreakerStatus], None] | None = None,
         health_policy: HealthPolicy | None = None,
+        wrap: list[str] | None = None,
+        log_name: str | None = None,
     ) -> None:
         self.name = name
+        self.wrap = wrap or []  # a command line the server runs under (unshare, setpriv)
         self.spec = spec
-        self.log_path = log_dir / f"{name}.{os.getpid()}.log"
+        self.log_path = log_dir / f"{log_name or name}.{os.getpid()}.log"
         self.on_tools = on_tools
         self.worker = worker
         self.state: State = "starting"
@@ -123,7 +132,7 @@ class ServerSession:
                 with anyio.CancelScope(deadline=anyio.current_time() + self.spec.start_timeout_s) as scope:
                     async with AsyncExitStack() as stack:
                         client = await stack.enter_async_context(self._client(stack))
-                        tools = await self._list_tools(client)
+                        tools = await list_all_tools(client)
                         scope.deadline = math.inf
                         connected = True
                         self.client, self.tools, self.failures = client, tools, 0
@@ -177,7 +186,7 @@ class ServerSession:
     @asynccontextmanager
     async def _client(self, stack: AsyncExitStack) -> AsyncIterator[Client]:
         if self.spec.command is not None:
-            transport = self._stdio_transport(stack)
+            transport = stdio_transport(self.name, self.spec, self.wrap, self.log_path, stack)
         else:
             assert self.spec.url is not None
             http = await stack.enter_async_context(
@@ -210,34 +219,6 @@ class ServerSession:
             self._auth = auth_for(self.spec.oauth)
         return self._auth
 
-    def _stdio_transport(self, stack: AsyncExitStack) -> Any:
-        assert self.spec.command is not None
-        if shutil.which(self.spec.command, path=self.spec.env.get("PATH")) is None:
-            raise ServerStartError(f"command {self.spec.command!r} not found on PATH")
-        self.log_path.parent.mkdir(parents=True, exist_ok=True)
-        errlog: TextIO = stack.enter_context(self.log_path.open("a", encoding="utf-8", errors="replace"))
-        errlog.write(f"--- {time.strftime('%Y-%m-%dT%H:%M:%S')} starting {self.name} (pid {os.getpid()})\n")
-        errlog.flush()
-        command, args = guarded_command(self.spec.command, self.spec.args)
-        params = StdioServerParameters(
-            command=command, args=args, env=self.spec.env or None, cwd=self.spec.cwd
-        )
-        return stdio_client(params, errlog=errlog)
-
-    async def _list_tools(self, client: Client) -> dict[str, ToolSpec]:
-        tools: dict[str, ToolSpec] = {}
-        cursor: str | None = None
-        while True:
-            page = await client.list_tools(cursor=cursor)
-            for t in page.tools:
-                annotations = (
-                    t.annotations.model_dump(by_alias=True, exclude_none=True) if t.annotations else {}
-                )
-                tools[t.name] = ToolSpec(t.name, t.description or "", dict(t.input_schema or {}), annotations)
-            cursor = page.next_cursor
-            if not cursor:
-                return tools
-
     async def _publish(self, tools: dict[str, ToolSpec]) -> None:
         if self.on_tools is None:
             return
@@ -258,18 +239,7 @@ class ServerSession:
         )
 
     def stderr_tail(self, max_bytes: int = 400) -> str:
-        if self.spec.command is None or not self.log_path.exists():
-            return ""
-        with self.log_path.open("rb") as f:
-            f.seek(0, os.SEEK_END)
-            f.seek(max(0, f.tell() - max_bytes))
-            lines = f.read().decode(errors="replace").strip().splitlines()
-        # Only what this start wrote: from the last "--- starting" marker on.
-        for i in range(len(lines) - 1, -1, -1):
-            if lines[i].startswith("--- ") and " starting " in lines[i]:
-                lines = lines[i + 1 :]
-                break
-        return " | ".join(line.strip() for line in lines if line.strip())[-max_bytes:]
+        return "" if self.spec.command is None else stderr_tail(self.log_path, max_bytes)
 
     # --- callers ---------------------------------------------------------------------------
 

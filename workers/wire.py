@@ -13,10 +13,12 @@ from typing import Any
 
 import anyio
 import httpx2
+from mcp import Client
 from mcp.shared.exceptions import MCPError
 from mcp.types import CONNECTION_CLOSED, INVALID_PARAMS, METHOD_NOT_FOUND
 from pydantic import BaseModel
 
+from tasks.catalog import ToolSpec
 from tasks.errors import InvalidArgumentsError, ToolProtocolError, UnknownToolError
 
 # What a dead connection raises, at the stream, socket or HTTP layer.
@@ -119,3 +121,17 @@ async def watched(transport: Any, on_end: Callable[[], None]) -> AsyncIterator[A
     """The transport's (read, write) streams, calling `on_end` when the read side ends."""
     async with transport as (read, write):
         yield _WatchedReadStream(read, on_end), write
+
+
+async def list_all_tools(client: Client) -> dict[str, ToolSpec]:
+    """Every tool the server lists, page by page."""
+    tools: dict[str, ToolSpec] = {}
+    cursor: str | None = None
+    while True:
+        page = await client.list_tools(cursor=cursor)
+        for t in page.tools:
+            annotations = t.annotations.model_dump(by_alias=True, exclude_none=True) if t.annotations else {}
+            tools[t.name] = ToolSpec(t.name, t.description or "", dict(t.input_schema or {}), annotations)
+        cursor = page.next_cursor
+        if not cursor:
+            return tools

@@ -33,7 +33,7 @@ from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric import ec, rsa
 from jwt.algorithms import ECAlgorithm, RSAAlgorithm
 
-from tasks.config_file import GatewayAuthSection
+from tasks.config_gateway import GatewayAuthSection
 from tasks.errors import ConfigError
 from tasks.settings import Settings, resolved_broker_url, resolved_result_backend
 

@@ -29,7 +29,8 @@ from gateway.auth.passwords import dummy_hash, verify_secret
 from gateway.auth.scopes import grant, parse_scope, scopes_for_roles
 from gateway.auth.tokens import issue_token
 from gateway.auth.verifier import audience_of, build_key_ring, issuer_of
-from tasks.config_file import AuthClientSpec, ConfigFile
+from tasks.config_file import ConfigFile
+from tasks.config_gateway import AuthClientSpec
 
 log = logging.getLogger(__name__)
 

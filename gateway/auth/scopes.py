@@ -13,7 +13,7 @@ from __future__ import annotations
 from collections.abc import Iterable, Mapping
 from typing import Literal
 
-from tasks.config_file import SCOPE_PATTERN
+from tasks.config_gateway import SCOPE_PATTERN
 
 Kind = Literal["tools:call", "resources:read", "prompts:get"]
 

@@ -25,7 +25,8 @@ from gateway.auth.tokens import (
     strings,
     unverified_header,
 )
-from tasks.config_file import ConfigFile, ExternalIssuerSection, GatewayAuthSection
+from tasks.config_file import ConfigFile
+from tasks.config_gateway import ExternalIssuerSection, GatewayAuthSection
 from tasks.settings import get_settings
 
 log = logging.getLogger(__name__)

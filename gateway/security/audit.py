@@ -24,7 +24,7 @@ from typing import Final
 from pythonjsonlogger.json import JsonFormatter
 
 from gateway.security.redact import RedactFilter
-from tasks.config_file import GatewayAuditSection
+from tasks.config_gateway import GatewayAuditSection
 
 # What the gateway records (gateway/server.py): "ok" is a call whose result came back without
 # `is_error`; "tool_error" the tool's own error result; "failed" a call that got no result (bad

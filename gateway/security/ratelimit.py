@@ -30,7 +30,7 @@ import redis
 import redis.asyncio as aioredis
 from starlette.types import ASGIApp, Receive, Scope, Send
 
-from tasks.config_file import GatewayRateLimitSection
+from tasks.config_gateway import GatewayRateLimitSection
 from tasks.errors import ConfigError
 
 log = logging.getLogger("agentful.gateway.ratelimit")

@@ -25,7 +25,7 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
-from tasks.config_file import GatewayTlsSection
+from tasks.config_gateway import GatewayTlsSection
 from tasks.errors import ConfigError
 
 MINIMUM_VERSION = ssl.TLSVersion.TLSv1_3

@@ -11,19 +11,38 @@ from __future__ import annotations
 
 import logging
 import time
-from typing import Any
+from collections.abc import Callable
+from typing import Any, TypeVar
 
 import redis
 from celery.exceptions import Ignore
 
 from tasks.delivery import identity
 from tasks.delivery.claims import Claim, ClaimStore, not_owner
+from tasks.errors import BrokerUnavailableError
 
 log = logging.getLogger(__name__)
 WAIT_POLL_S = 0.2
 WAIT_BOUND_S = 30.0
 REQUEUE_AFTER_S = 5.0
+STORE_WAIT_S = 60.0  # how long a claim waits for the store (a broker restarting) before it gives up
 _stores: dict[str, ClaimStore] = {}
+T = TypeVar("T")
+
+
+def patiently(fn: Callable[[], T], what: str, *, wait_s: float = STORE_WAIT_S) -> T:
+    """`fn()`, retried while the store is unreachable (a broker restart takes seconds), at most
+    `wait_s`; then BrokerUnavailableError (transient: Celery retries the call)."""
+    deadline = time.monotonic() + wait_s
+    delay = 0.2
+    while True:
+        try:
+            return fn()
+        except redis.RedisError as exc:
+            if time.monotonic() + delay > deadline:
+                raise BrokerUnavailableError(f"cannot {what}: the store is unreachable ({exc})") from exc
+            time.sleep(delay)
+            delay = min(2.0, delay * 2)
 
 
 def claim_store(url: str, ttl_s: float) -> ClaimStore:
@@ -45,7 +64,7 @@ def own_call(task: Any, store: ClaimStore | None) -> Claim | None:
     deadline = time.monotonic() + WAIT_BOUND_S
     waited = False
     while True:
-        verdict, claim, owner = store.take(task_id, incarnation)
+        verdict, claim, owner = patiently(lambda: store.take(task_id, incarnation), "claim the call")
         if verdict == "own":
             assert claim is not None
             if waited:

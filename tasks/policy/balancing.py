@@ -134,6 +134,7 @@ def choose_with_affinity(
     counter: int,
     rng: random.Random,
     requirements: Requirements = Requirements(),
+    sticky: bool = False,
 ) -> tuple[str | None, bool]:
     """The node for a project's call, and whether the stored affinity must change to it.
 
@@ -144,7 +145,16 @@ def choose_with_affinity(
     forget it). Under "shared-queue" a project
     still gets an affine worker, chosen by least-load, so its calls share one host's state.
     Without a project there is no affinity: `choose_worker` decides and `changed` is False.
+    A `sticky` project (one with a workspace on its node's host: moving it means a fresh clone
+    there and the old one's unpushed work left behind) stays while its node is alive and offers
+    `server`, healthy or not: a session that is starting or failing is no reason to move it.
     """
+    if (
+        sticky
+        and project_id is not None
+        and any(w.node == affine_node and server in w.servers for w in workers)
+    ):
+        return affine_node, False
     any_healthy = any(server in w.servers and w.healthy and w.node not in open_breakers for w in workers)
     eligible = any(
         w.node == affine_node

@@ -9,7 +9,7 @@ import sys
 from pathlib import Path
 
 from gateway.auth.passwords import verify_secret
-from tasks.config_file import SECRET_HASH_PATTERN
+from tasks.config_gateway import SECRET_HASH_PATTERN
 
 
 def agentful(

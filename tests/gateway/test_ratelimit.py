@@ -13,7 +13,7 @@ import pytest
 import redis.asyncio as aioredis
 
 from gateway.security.ratelimit import RateLimitMiddleware, TokenBucket
-from tasks.config_file import GatewayRateLimitSection
+from tasks.config_gateway import GatewayRateLimitSection
 from tests.conftest import free_port
 from tests.gateway.conftest import RunningGateway
 

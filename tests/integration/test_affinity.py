@@ -59,3 +59,20 @@ def test_affinity_moves_when_its_worker_stops(cluster: Any, tmp_path: Path) -> N
     again = call_tool.delay("time", "get_current_time", utc, project_id=project).get(timeout=30)
     assert again["worker"] != node
     assert client.get(AFFINITY_PREFIX + project) == again["worker"].encode()
+
+
+def test_a_project_with_a_workspace_keeps_its_affinity_however_long_it_is_idle(broker: str) -> None:
+    """Its affinity has no TTL (moving means a fresh clone); any other project's expires."""
+    from tasks.router import AFFINITY_PREFIX, RedisAffinity
+
+    client = redis.Redis.from_url(broker)
+    affinity = RedisAffinity(client, ttl_s=60, sticky=lambda p: p.startswith("ws-"))
+    affinity.set("ws-alpha", "w1@h")
+    affinity.set("plain", "w1@h")
+    try:
+        assert client.ttl(AFFINITY_PREFIX + "ws-alpha") == -1
+        assert 0 < int(client.ttl(AFFINITY_PREFIX + "plain")) <= 60
+        assert affinity.get("ws-alpha") == "w1@h"
+    finally:
+        affinity.set("ws-alpha", None)
+        affinity.set("plain", None)

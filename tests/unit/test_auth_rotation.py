@@ -14,7 +14,7 @@ from gateway.auth.keys import (
     signing_key_of,
     verifying_keys,
 )
-from tasks.config_file import GatewayAuthSection
+from tasks.config_gateway import GatewayAuthSection
 
 T0 = 1_800_000_000.0
 TTL, LEEWAY, ROT = 3600.0, 30.0, 30 * DAY_S

@@ -5,7 +5,7 @@ from __future__ import annotations
 import pytest
 
 from gateway.auth.scopes import grant, may_call, may_use, needed_scope, parse_scope, scopes_for_roles
-from tasks.config_file import check_scope
+from tasks.config_gateway import check_scope
 
 
 @pytest.mark.parametrize(

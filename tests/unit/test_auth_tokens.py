@@ -16,7 +16,7 @@ from gateway.auth.keys import DirKeyStore, KeyRing, generate_key, jwk_thumbprint
 from gateway.auth.passwords import hash_secret, verify_secret
 from gateway.auth.tokens import RejectedTokenError, check_times, claim_path, issue_token, scopes_claim
 from gateway.auth.verifier import LocalVerifier
-from tasks.config_file import SECRET_HASH_PATTERN, GatewayAuthSection
+from tasks.config_gateway import SECRET_HASH_PATTERN, GatewayAuthSection
 
 ISS, AUD = "http://127.0.0.1:9/", "http://127.0.0.1:9/mcp"
 T0 = 1_800_000_000.0

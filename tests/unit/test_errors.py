@@ -40,6 +40,9 @@ PERMANENT: set[type[errors.AgentfulError]] = {
     errors.InvalidArgumentsError,
     errors.PayloadTooLargeError,
     errors.InvalidOptionError,
+    errors.WorkspaceError,
+    errors.AgentRunError,
+    errors.AgentRunLostError,
     errors.ToolProtocolError,
     errors.ServerStartError,
 }
@@ -67,7 +70,7 @@ def test_every_error_is_classified() -> None:
     """A new error class must be put in one branch (and in this table)."""
     assert ALL_ERRORS == MODULE_EXCEPTIONS  # every exception of the module has the one root
     assert set(ALL_ERRORS) == TRANSIENT | PERMANENT | ROOTS
-    assert len(ALL_ERRORS) == 17
+    assert len(ALL_ERRORS) == 20
 
 
 @pytest.mark.parametrize("cls", sorted(TRANSIENT, key=ids), ids=ids)

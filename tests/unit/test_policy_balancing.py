@@ -309,6 +309,7 @@ def affine(
     project_id: str | None = "p1",
     open_breakers: frozenset[str] = NO_BREAKERS,
     counter: int = 0,
+    sticky: bool = False,
 ) -> tuple[str | None, bool]:
     return choose_with_affinity(
         "git",
@@ -319,6 +320,7 @@ def affine(
         open_breakers=open_breakers,
         counter=counter,
         rng=random.Random(0),
+        sticky=sticky,
     )
 
 
@@ -356,6 +358,18 @@ def test_while_no_node_is_healthy_the_project_stays_where_it_is() -> None:
     assert affine(starting, "b", "least-load") == ("b", False)
     assert affine(starting, "b", "least-load", open_breakers=frozenset({"b"})) == ("a", True)
     assert affine([w("a"), w("b", healthy=False)], "b", "least-load") == ("a", True)
+
+
+def test_a_project_with_a_workspace_moves_only_when_its_node_is_gone() -> None:
+    """Moving a sticky project means a fresh clone elsewhere: a session that is starting, or a
+    breaker that is open, is no reason; a node that is gone or no longer offers the server is."""
+    cluster = [w("a"), w("b", healthy=False)]
+    assert affine(cluster, "b", "least-load", sticky=True) == ("b", False)
+    assert affine(cluster, "b", "least-load", sticky=True, open_breakers=frozenset({"b"})) == ("b", False)
+    assert affine(cluster, "gone", "least-load", sticky=True) == ("a", True)
+    assert affine([w("a"), w("b", servers="time")], "b", "least-load", sticky=True) == ("a", True)
+    assert affine(cluster, None, "least-load", sticky=True) == ("a", True)
+    assert affine(cluster, "b", "least-load") == ("a", True), "not sticky: it moves off an unhealthy node"
 
 
 def test_affinity_fallback_may_land_on_the_affine_node() -> None:

@@ -19,13 +19,8 @@ from gateway.security import audit
 from gateway.security.ratelimit import Decision, client_key
 from gateway.security.redact import RedactFilter, redact
 from gateway.security.tls import MINIMUM_VERSION, _tls13_factory, server_context, uvicorn_ssl
-from tasks.config_file import (
-    ConfigFile,
-    GatewayAuditSection,
-    GatewayRateLimitSection,
-    GatewayTlsSection,
-    load_config_file,
-)
+from tasks.config_file import ConfigFile, load_config_file
+from tasks.config_gateway import GatewayAuditSection, GatewayRateLimitSection, GatewayTlsSection
 from tasks.errors import ConfigError
 from tasks.settings import Settings, with_redis_tls
 
