@@ -16,6 +16,7 @@ from collections.abc import AsyncIterator
 from typing import Any
 
 import anyio
+from mcp.server.transport_security import TransportSecuritySettings
 from starlette.applications import Starlette
 from starlette.middleware import Middleware
 from starlette.requests import Request
@@ -37,8 +38,32 @@ def build_gateway(config: ConfigFile) -> Gateway:
     return Gateway(config)
 
 
-def build_app(config: ConfigFile, gateway: Gateway | None = None) -> Starlette:
-    """The gateway as a Starlette app: MCP (Streamable HTTP, both protocol eras) at /mcp."""
+LOOPBACK_HOSTS = ["127.0.0.1:*", "localhost:*", "[::1]:*"]
+
+
+def transport_security(allowed_hosts: list[str], bind: str) -> TransportSecuritySettings:
+    """DNS-rebinding protection: which Host headers the gateway answers (421 otherwise).
+
+    The SDK protects only an app bound to loopback, and then answers only loopback names: a
+    gateway started with `--host 0.0.0.0` from a config that says 127.0.0.1 refused every
+    other host's calls. The bound address decides here, and `gateway.allowedHosts` names the
+    hosts a public gateway answers (with the loopback names, for its own health checks).
+    """
+    if allowed_hosts:
+        hosts = [*allowed_hosts, *LOOPBACK_HOSTS]
+    elif bind in ("127.0.0.1", "localhost", "::1"):
+        hosts = list(LOOPBACK_HOSTS)
+    else:
+        return TransportSecuritySettings(enable_dns_rebinding_protection=False)
+    origins = [f"{scheme}://{h}" for h in hosts for scheme in ("http", "https")]
+    return TransportSecuritySettings(
+        enable_dns_rebinding_protection=True, allowed_hosts=hosts, allowed_origins=origins
+    )
+
+
+def build_app(config: ConfigFile, gateway: Gateway | None = None, *, host: str | None = None) -> Starlette:
+    """The gateway as a Starlette app: MCP (Streamable HTTP, both protocol eras) at /mcp;
+    `host`: the address it is bound to (default `gateway.host`)."""
     gateway = gateway or build_gateway(config)
     section = config.gateway
     from tasks.telemetry.hooks import start_gateway_telemetry
@@ -60,7 +85,8 @@ def build_app(config: ConfigFile, gateway: Gateway | None = None) -> Starlette:
         streamable_http_path=MCP_PATH,
         json_response=section.json_response,
         max_request_body_size=config.mcp.server.max_request_bytes + ENVELOPE_BYTES,
-        host=section.host,
+        host=host or section.host,
+        transport_security=transport_security(section.allowed_hosts, host or section.host),
         custom_starlette_routes=routes,  # type: ignore[arg-type]  # Route and Mount alike
         **auth_kwargs,
     )
@@ -136,7 +162,7 @@ def uvicorn_config(config: ConfigFile, host: str | None = None, port: int | None
 
         ssl_kwargs = uvicorn_ssl(section.tls)
     return uvicorn.Config(
-        build_app(config),
+        build_app(config, host=host or section.host),
         host=host or section.host,
         port=section.port if port is None else port,
         log_level="info",

@@ -167,6 +167,11 @@ class GatewaySection(_Section):
 
     host: str = "127.0.0.1"
     port: int = Field(default=8765, ge=0, le=65535)
+    allowed_hosts: list[str] = Field(
+        default_factory=list,
+        description="Host headers answered (DNS-rebinding protection): name, name:port or name:*; "
+        "empty: the loopback names when bound to loopback, any host otherwise",
+    )
     separator: str = Field(
         default="__",
         min_length=1,
