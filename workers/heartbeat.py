@@ -90,12 +90,7 @@ class Heartbeat:
             now = self.registry.publish(beat, ttl_s=ttl, incarnation=incarnation)
         except Fenced:
             assert incarnation is not None
-            new = identity.rotate(incarnation)
-            log.warning(
-                "worker %s was declared dead by the cluster (paused or cut off for longer than %.1f s); "
-                "its calls were handed to others; it goes on as incarnation %s",
-                self.node, ttl, new,
-            )  # fmt: skip
+            new = identity.rotate(incarnation)  # logs it
             identity.ensure_registered(new)
             beat = replace(beat, incarnation=new)
             now = self.registry.publish(beat, ttl_s=ttl, incarnation=new)

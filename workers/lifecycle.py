@@ -29,6 +29,8 @@ from celery.worker import state
 from tasks.app import app
 from tasks.catalog import is_redis_url
 from tasks.delivery import identity
+from tasks.delivery.owner import patiently
+from tasks.errors import BrokerUnavailableError
 from tasks.registry import Registry, expiry_s, worker_queue
 from tasks.settings import get_settings
 from workers.failover import Reaper, client_name, drain_queue, restore_unacked
@@ -104,11 +106,18 @@ class RestoreAfterReconnect(bootsteps.StartStopStep):  # type: ignore[misc]
         incarnation = identity.current()
         if c.restart_count <= 0 or broker is None or incarnation is None:
             return
-        running = {str(r.message.delivery_tag) for r in list(state.active_requests) if r.message is not None}
+
+        def hand_back() -> int:
+            active = [r.message for r in list(state.active_requests)]
+            running = {str(m.delivery_tag) for m in active if m is not None}
+            return restore_unacked(broker, incarnation, exclude=running)
+
+        # Retried here, before the consumer takes anything new: nothing else would hand them
+        # back while this incarnation lives (a broker just back may still be loading its data).
         try:
-            restored = restore_unacked(broker, incarnation, exclude=running)
-        except redis.RedisError as exc:
-            log.warning("after the reconnect, could not hand back prefetched calls yet: %s", exc)
+            restored = patiently(hand_back, "hand back the prefetched calls after the reconnect")
+        except BrokerUnavailableError as exc:
+            log.error("%s; they stay in %s's unacked hash until it stops", exc, incarnation)
             return
         if restored:
             log.warning(

@@ -17,6 +17,7 @@ so that an idempotent tool can make that one exactly once too.
 
 from __future__ import annotations
 
+import uuid
 from dataclasses import dataclass
 from typing import Any, Literal
 
@@ -62,8 +63,11 @@ class ClaimStore:
         self._release = client.register_script(scripts.RELEASE)
         self._owns = client.register_script(scripts.OWNS)
 
-    def take(self, task_id: str, incarnation: str) -> tuple[Verdict, Claim | None, str | None]:
-        """(verdict, the claim if owned, the owner if another holds it)."""
+    def take(
+        self, task_id: str, incarnation: str, nonce: str = ""
+    ) -> tuple[Verdict, Claim | None, str | None]:
+        """(verdict, the claim if owned, the owner if another holds it). `nonce`: the same for
+        every try of one take (tries after a lost reply find the claim their own)."""
         reply: Any = self._claim(
             keys=[
                 keys.claim(task_id),
@@ -72,7 +76,7 @@ class ClaimStore:
                 keys.INCARNATIONS,
                 self.result_prefix + task_id,
             ],
-            args=[incarnation, task_id, self.ttl_ms, keys.FENCED],
+            args=[incarnation, task_id, self.ttl_ms, keys.FENCED, nonce or uuid.uuid4().hex],
         )
         verdict = _text(reply[0])
         if verdict == "own":

@@ -14,6 +14,7 @@ Producers (the gateway, beat, user code) have no incarnation: `current()` is Non
 
 from __future__ import annotations
 
+import logging
 import mmap
 import os
 import socket
@@ -23,6 +24,7 @@ import time
 import uuid
 from collections.abc import Callable
 
+log = logging.getLogger(__name__)
 _SIZE = 240  # node and incarnation id; then the lease: when it was last renewed (monotonic)
 _LEASE = struct.Struct("d")
 _shared = mmap.mmap(-1, _SIZE + _LEASE.size)  # MAP_SHARED | MAP_ANONYMOUS: inherited across fork
@@ -64,7 +66,7 @@ def begin(node_name: str) -> str:
     with _lock:
         incarnation = f"{node_name}/{uuid.uuid4().hex[:12]}"
         _write(node_name, incarnation)
-        return incarnation
+    return incarnation
 
 
 def rotate(fenced: str) -> str:
@@ -79,7 +81,13 @@ def rotate(fenced: str) -> str:
             return incarnation
         incarnation = f"{node_name}/{uuid.uuid4().hex[:12]}"
         _write(node_name, incarnation)
-        return incarnation
+    log.warning(
+        "worker incarnation %s was declared dead by the cluster (paused or cut off past its "
+        "heartbeat's expiry); its calls were handed to others; it goes on as incarnation %s",
+        fenced,
+        incarnation,
+    )
+    return incarnation
 
 
 def renew_lease() -> None:

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import logging
 import time
+import uuid
 from collections.abc import Callable
 from typing import Any, TypeVar
 
@@ -63,8 +64,9 @@ def own_call(task: Any, store: ClaimStore | None) -> Claim | None:
         return None
     deadline = time.monotonic() + WAIT_BOUND_S
     waited = False
+    nonce = uuid.uuid4().hex  # a try whose reply a broker restart lost finds the claim its own
     while True:
-        verdict, claim, owner = patiently(lambda: store.take(task_id, incarnation), "claim the call")
+        verdict, claim, owner = patiently(lambda: store.take(task_id, incarnation, nonce), "claim the call")
         if verdict == "own":
             assert claim is not None
             if waited:

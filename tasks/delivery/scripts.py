@@ -87,8 +87,11 @@ return tostring(now)
 
 # Take the claim KEYS[1] of a call for incarnation ARGV[1] (task ARGV[2]; the claim lives
 # ARGV[3] ms). KEYS[2]: the taker's fence marker, KEYS[3]: the token counter, KEYS[4]: the
-# incarnation set, KEYS[5]: the call's result key; ARGV[4]: the fence marker prefix. A claim
-# is deleted once its result is final, so a stored final result means done. Verdicts:
+# incarnation set, KEYS[5]: the call's result key; ARGV[4]: the fence marker prefix; ARGV[5]:
+# the taker's nonce, the same for every try of one take: a try whose reply was lost (the broker
+# killed after it wrote the claim, before it answered) is answered 'own' again by the next
+# try, instead of 'wait' for itself. A claim is deleted once its result is final, so a stored
+# final result means done. Verdicts:
 #   {'own', token, attempt}  the caller runs the call (first, or after a dead owner, or a retry)
 #   {'wait', owner}          a live incarnation runs it now
 #   {'done', ''}             its result is stored
@@ -103,6 +106,9 @@ end
 local c = redis.call('HMGET', KEYS[1], 'owner', 'state', 'attempt')
 local owner, state = c[1], c[2]
 local attempt = tonumber(c[3] or '0') or 0
+if owner == ARGV[1] and state == 'running' and redis.call('HGET', KEYS[1], 'nonce') == ARGV[5] then
+  return {'own', redis.call('HGET', KEYS[1], 'token'), tostring(attempt)}
+end
 if owner and state == 'running' then
   local dead = redis.call('EXISTS', ARGV[4] .. owner) == 1
   if not dead and not redis.call('ZSCORE', KEYS[4], owner) then dead = true end
@@ -110,7 +116,7 @@ if owner and state == 'running' then
 end
 local token = redis.call('INCR', KEYS[3])
 redis.call('HSET', KEYS[1], 'owner', ARGV[1], 'state', 'running', 'attempt', attempt + 1,
-  'token', token, 'task', ARGV[2])
+  'token', token, 'task', ARGV[2], 'nonce', ARGV[5])
 redis.call('PEXPIRE', KEYS[1], ARGV[3])
 return {'own', tostring(token), tostring(attempt + 1)}
 """

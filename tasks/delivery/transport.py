@@ -276,14 +276,7 @@ class Channel(kombu_redis.Channel):
     def _on_fenced(self) -> None:
         """This incarnation was declared dead (it was paused or cut off past its heartbeat):
         everything it held was restored by the failover. Carry on as a new incarnation."""
-        old = incarnation()
-        new = identity.rotate(old)
-        log.warning(
-            "worker incarnation %s was declared dead by the cluster (paused or cut off?); its calls "
-            "were restored elsewhere; continuing as %s",
-            old,
-            new,
-        )
+        identity.rotate(incarnation())  # logs it
         self._drain = True
 
     def _ack(self, owner: str, tag: str) -> None:

@@ -9,7 +9,11 @@ from what the driver got back, never from what the cluster says of itself:
 - in the window: a key that ran again while an earlier execution had not ended, or whose earlier
   execution was one the faulted worker had sent to its MCP server before the fault (it was in
   flight there, its result not stored, when its worker was declared dead: the one window
-  docs/reliability.md names);
+  docs/reliability.md names). The MCP server runs in a session of its own (the SDK starts it
+  so): a SIGSTOP or SIGKILL of the worker's group does not reach it, and it goes on with what it
+  was sent. So what the faulted worker's servers started up to `sent_before` was sent before the
+  fault: while the worker was stopped (until its SIGCONT), or before it died (a dead worker's
+  servers only finish what they were sent);
 - recovery_s: the fault to the last completion of a call of the faulted worker's projects (those
   it had answered calls of before the fault; with no faulted worker, of any call): failover plus
   the time the survivors take to work through those projects' backlog;
@@ -28,6 +32,7 @@ import subprocess
 import sys
 import time
 from collections import defaultdict
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -86,7 +91,11 @@ def analyse(
     fault_at: float,
     victim_pids: frozenset[int] = frozenset(),
     victim: str | None = None,
+    sent_before: float | None = None,
 ) -> Outcome:
+    """`sent_before`: until when an execution the victim's servers started was sent to them
+    before the fault (default: `fault_at`)."""
+    sent_by = fault_at if sent_before is None else sent_before
     runs: dict[str, list[dict[str, Any]]] = defaultdict(list)
     ends: dict[tuple[str, int, str | None, int | None], float] = {}
     for line in ledger:
@@ -104,7 +113,7 @@ def analyse(
         for i, later in enumerate(starts[1:], 1):
             for earlier in starts[:i]:
                 end = ends.get((key, earlier["pid"], earlier.get("task"), earlier.get("attempt")))
-                in_flight_at_fault = earlier["pid"] in victim_pids and earlier["t"] <= fault_at
+                in_flight_at_fault = earlier["pid"] in victim_pids and earlier["t"] <= sent_by
                 if end is not None and end <= later["t"] and not in_flight_at_fault:
                     sequential = True
         if sequential:
@@ -323,8 +332,13 @@ class Driver:
     """tests/chaos/driver.py as a subprocess."""
 
     def __init__(self, cluster: ChaosCluster, calls: int, *, seconds: float, prefix: str, timeout_s: float,
-                 projects: int = 20, idempotency: bool = True) -> None:  # fmt: skip
+                 projects: int = 20, idempotency: bool = True, env: dict[str, str] | None = None,
+                 wrap: Callable[[list[str]], list[str]] | None = None) -> None:  # fmt: skip
+        """`env`: the driver's environment (default the cluster's); `wrap`: how to run its command
+        elsewhere (on another host of tests/hosts)."""
         self.cluster = cluster
+        self.env = env
+        self.wrap = wrap
         self.calls = calls
         self.out = cluster.tmp / f"driver-{prefix}.json"
         self.args = [
@@ -337,7 +351,9 @@ class Driver:
 
     def start(self) -> Driver:
         log = (self.cluster.tmp / "driver.log").open("ab")
-        self.proc = subprocess.Popen(self.args, env=self.cluster.env, cwd=ROOT, stdout=log, stderr=log)
+        cmd = self.wrap(self.args) if self.wrap is not None else self.args
+        env = self.env if self.env is not None else self.cluster.env
+        self.proc = subprocess.Popen(cmd, env=env, cwd=ROOT, stdout=log, stderr=log)
         return self
 
     def wait_submitted(self, timeout_s: float = 60) -> bool:
@@ -383,26 +399,33 @@ def run_scenario(
     cluster.wait_executions(calls // 3)
     faulted = scenario in ("sigkill", "pause", "server_kill", "warm_stop")
     victims = cluster.server_pids(0) if faulted else frozenset()
-    run = Run(Outcome(0, 0, 0, 0, 0, 0.0, 0), fault_at=time.time())
     print(f"chaos: {scenario} at {len(cluster.executions())} executions", file=sys.stderr)
-    if scenario == "sigkill":
-        cluster.kill_worker(0)
+    run = Run(Outcome(0, 0, 0, 0, 0, 0.0, 0), fault_at=time.time())
+    sent_before = None  # warm stop: the worker goes on sending what it runs; only before the fault
+    if scenario in ("sigkill", "server_kill"):
+        if scenario == "sigkill":
+            cluster.kill_worker(0)
+        else:
+            cluster.kill_mcp_servers(0)
+        run.fault_at = time.time()  # the moment it is dead; its servers finish what they had
+        sent_before = float("inf")
     elif scenario == "pause":
         cluster.pause_worker(0)
+        run.fault_at = time.time()
         time.sleep(pause_s)
+        sent_before = time.time()  # nothing is sent while it is stopped
         cluster.resume_worker(0)
     elif scenario == "broker_restart":
         cluster.restart_broker(down_s)
         run.back_at = time.time()
-    elif scenario == "server_kill":
-        cluster.kill_mcp_servers(0)
     elif scenario == "warm_stop":
         started = time.monotonic()
         run.stop_exit = cluster.workers[0].stop(timeout_s=timeout_s)
         run.stop_s = time.monotonic() - started
     outcome = driver.result()
     ledger = read_ledger(Path(str(cluster.ledger) + ".jsonl"))
-    run.outcome = analyse(ledger, outcome, run.fault_at, victims, cluster.node(0) if faulted else None)
+    victim = cluster.node(0) if faulted else None
+    run.outcome = analyse(ledger, outcome, run.fault_at, victims, victim, sent_before)
     run.survivors = [w.alive() for w in cluster.workers] + (
         [cluster.beat.poll() is None] if cluster.beat else []
     )
