@@ -1,0 +1,143 @@
+"""The cluster across network hops: hosts as network namespaces (tests/hosts/lab.py), set up as
+docs/deployment.md says (tests/hosts/cluster.py: a TLS-only redis-server with a password on the
+broker host, `agentful worker` on worker hosts, beat and the gateway on a control host).
+
+    python bench/hosts.py [--quick] [--seconds 8]
+
+1. Latency: calls/s and p50 of `.delay()` round trips from the client host, with 8 and 64
+   callers, at 0, 2 and 20 ms round trip to the broker host, same run. The delay is a delay
+   line in front of the broker (tests/hosts/delay.py): this machine's kernel has no sch_netem
+   for `tc ... netem`. Every figure, 0 ms included, goes through the line.
+2. Partition: a worker host's link is cut for 30 s (--quick: 15 s) under a batch of 240
+   side-effecting calls, then healed; lost and duplicated are counted from the ledger.
+3. Broker link flapping: down 3 s, up 2 s, down 3 s, up, under a batch; lost from the ledger.
+
+Last line, one JSON object: hosts, per_s_rtt0, per_s_rtt2ms, per_s_rtt20ms (64 callers),
+rtt2ms_ratio, p50_ms_rtt2ms, the same at 8 callers (`*_c8`), partition_lost,
+partition_duplicated, partition_recovery_s (the cut to the first run elsewhere of a call of the
+cut host's projects), flap_lost, sentinel_failover_s and sentinel_lost (null: no Sentinel setup
+yet). Needs root (ip netns).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+import tempfile
+import time
+from pathlib import Path
+from typing import Any
+
+ROOT = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(ROOT))
+
+from tests.chaos.harness import analyse, read_ledger  # noqa: E402
+from tests.hosts.cluster import HostCluster  # noqa: E402
+from tests.hosts.lab import Lab, available  # noqa: E402
+
+CALLERS = """
+import json, sys, threading, time
+from tasks import call_tool
+n, seconds = int(sys.argv[1]), float(sys.argv[2])
+for _ in range(3):
+    call_tool.delay('ledger', 'work', {'key': 'warm', 'seconds': 0}).get(timeout=60)
+lat, lock = [], threading.Lock()
+stop = time.monotonic() + seconds
+def caller(i):
+    k = 0
+    while time.monotonic() < stop:
+        t = time.perf_counter()
+        call_tool.delay('ledger', 'work', {'key': f'b{i}-{k}', 'seconds': 0}).get(timeout=60)
+        with lock:
+            lat.append(time.perf_counter() - t)
+        k += 1
+threads = [threading.Thread(target=caller, args=(i,)) for i in range(n)]
+started = time.monotonic()
+for t in threads: t.start()
+for t in threads: t.join()
+took = time.monotonic() - started
+lat.sort()
+print(json.dumps({'per_s': len(lat) / took, 'p50_ms': lat[len(lat) // 2] * 1000, 'calls': len(lat)}))
+"""
+
+
+def latency(cluster: HostCluster, lab: Lab, seconds: float) -> dict[str, Any]:
+    out: dict[str, Any] = {}
+    for rtt in (0.0, 2.0, 20.0):
+        cluster.set_rtt(rtt)
+        for callers in (8, 64):
+            got = cluster.client(CALLERS, str(callers), str(seconds), timeout_s=seconds * 4 + 120)
+            tag = {0.0: "rtt0", 2.0: "rtt2ms", 20.0: "rtt20ms"}[rtt] + ("" if callers == 64 else "_c8")
+            out[f"per_s_{tag}"] = round(got["per_s"], 1)
+            out[f"p50_ms_{tag}"] = round(got["p50_ms"], 2)
+            print(f"  rtt {rtt:g} ms, {callers} callers: {got}", file=sys.stderr)
+    cluster.set_rtt(0.0)
+    out["rtt2ms_ratio"] = round(out["per_s_rtt2ms"] / out["per_s_rtt0"], 3)
+    out["rtt2ms_ratio_c8"] = round(out["per_s_rtt2ms_c8"] / out["per_s_rtt0_c8"], 3)
+    return out
+
+
+def partition(cluster: HostCluster, lab: Lab, cut_s: float) -> dict[str, Any]:
+    base = len(cluster.executions())
+    driver = cluster.drive(240, seconds=0.3, timeout_s=240, prefix="part", projects=20)
+    assert driver.wait_submitted() and cluster.wait_executions(base + 80, timeout_s=120)
+    victims = cluster.server_pids("w1")
+    lab.cut("w1")
+    fault_at = time.time()
+    time.sleep(cut_s)
+    lab.heal("w1")
+    outcome = driver.result()
+    ledger = [
+        e for e in read_ledger(Path(str(cluster.ledger) + ".jsonl")) if str(e["key"]).startswith("part-")
+    ]
+    o = analyse(ledger, outcome, fault_at, victims, "worker@w1")
+    print(f"  partition {cut_s:g} s: {json.dumps(o.to_json())}", file=sys.stderr)
+    return {
+        "partition_lost": o.lost, "partition_duplicated": o.duplicated, "partition_in_window": o.in_window,
+        "partition_recovery_s": None if o.failover_s is None else round(o.failover_s, 2),
+    }  # fmt: skip
+
+
+def flap(cluster: HostCluster, lab: Lab) -> dict[str, Any]:
+    cluster.wait_ready(cluster.names)
+    base = len(cluster.executions())
+    driver = cluster.drive(200, seconds=0.2, timeout_s=240, prefix="flap", projects=20)
+    assert driver.wait_submitted() and cluster.wait_executions(base + 60, timeout_s=120)
+    lab.flap("broker", times=2, down_s=3.0, up_s=2.0)
+    outcome = driver.result()
+    ledger = [
+        e for e in read_ledger(Path(str(cluster.ledger) + ".jsonl")) if str(e["key"]).startswith("flap-")
+    ]
+    o = analyse(ledger, outcome, 0.0)
+    print(f"  flapping: {json.dumps(o.to_json())}", file=sys.stderr)
+    alive = all(cluster.alive(n) for n in [*cluster.names, "beat", "gateway"])
+    return {"flap_lost": o.lost, "flap_duplicated": o.duplicated, "flap_everyone_alive": alive}
+
+
+def main() -> None:
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--quick", action="store_true", help="4 s per latency point, a 15 s partition")
+    p.add_argument("--seconds", type=float, default=8.0, help="how long each latency point runs")
+    args = p.parse_args()
+    why = available()
+    if why is not None:
+        raise SystemExit(f"hosts as network namespaces are not possible here: {why}")
+    seconds, cut_s = (4.0, 15.0) if args.quick else (args.seconds, 30.0)
+    tmp = Path(tempfile.mkdtemp(prefix="agentful-hosts-"))
+    names = ["broker", "ctl", "client", "w1", "w2", "w3"]
+    with Lab(tmp, names) as lab:
+        cluster = HostCluster(tmp, lab, ["w1", "w2", "w3"], delay_line=True).start()
+        try:
+            result: dict[str, Any] = {"hosts": len(names)}
+            result |= latency(cluster, lab, seconds)
+            result |= partition(cluster, lab, cut_s)
+            result |= flap(cluster, lab)
+        finally:
+            cluster.stop()
+    result |= {"sentinel_failover_s": None, "sentinel_lost": None}
+    print(json.dumps(result))
+
+
+if __name__ == "__main__":
+    main()
