@@ -199,9 +199,9 @@ def _on_beat_init(sender: Any = None, **_: Any) -> None:
     if settings is None:
         return
     _start_role("agentful-beat", settings)
-    from tasks.api import catalog_store
     from tasks.app import app
     from tasks.settings import get_config
+    from tasks.store import catalog_store
     from tasks.telemetry.cluster import ClusterReader
     from tasks.telemetry.metrics import ClusterCollector
 
