@@ -15,7 +15,7 @@ import asyncio
 import logging
 import time
 from collections.abc import Callable, Mapping
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 import mcp_types as types
 from celery import states, uuid
@@ -24,6 +24,7 @@ from mcp.shared.exceptions import MCPError
 
 from gateway import agents
 from gateway.callers import Caller, may_call, raw_meta, trace_of
+from gateway.context import GatewayContext
 from gateway.naming import Route
 from gateway.remote import exception_of
 from tasks.errors import (
@@ -36,9 +37,6 @@ from tasks.errors import (
 )
 from tasks.routing import AGENT_SERVER
 from tasks.telemetry.context import trace_scope
-
-if TYPE_CHECKING:
-    from gateway.server import Gateway
 
 log = logging.getLogger(__name__)
 
@@ -56,7 +54,7 @@ def text_result(text: str, *, is_error: bool) -> types.CallToolResult:
     return types.CallToolResult(content=[types.TextContent(type="text", text=text)], is_error=is_error)
 
 
-def tool_list(gw: Gateway) -> list[types.Tool]:
+def tool_list(gw: GatewayContext) -> list[types.Tool]:
     """Every tool of the index as MCP Tools (cached until the index changes)."""
     if gw.tools_cache is None:
         gw.tools_cache = [
@@ -72,7 +70,7 @@ def tool_list(gw: Gateway) -> list[types.Tool]:
 
 
 async def list_tools(
-    gw: Gateway, ctx: ServerRequestContext[Any, Any], params: types.PaginatedRequestParams | None
+    gw: GatewayContext, ctx: ServerRequestContext[Any, Any], params: types.PaginatedRequestParams | None
 ) -> types.ListToolsResult:
     """tools/list: every tool, or (auth on) those the caller's scopes allow it to call."""
     caller = gw.caller(ctx)
@@ -87,7 +85,7 @@ async def list_tools(
     return types.ListToolsResult(tools=tools)
 
 
-async def resolve_tool(gw: Gateway, name: str) -> Route:
+async def resolve_tool(gw: GatewayContext, name: str) -> Route:
     """The (server, tool) an exposed name stands for; -32602 naming the rule when none."""
     found = gw.index.route(name)
     if found is None and time.monotonic() - gw.refreshed_at > RECHECK_S:
@@ -141,7 +139,7 @@ def submit(
 
 
 async def call_tool(
-    gw: Gateway, ctx: ServerRequestContext[Any, Any], params: types.CallToolRequestParams
+    gw: GatewayContext, ctx: ServerRequestContext[Any, Any], params: types.CallToolRequestParams
 ) -> types.CallToolResult:
     """tools/call: one `tasks.call_tool`, its progress forwarded, its result as a CallToolResult."""
     started = time.perf_counter()
@@ -199,7 +197,9 @@ async def call_tool(
     return result
 
 
-async def await_result(gw: Gateway, route: Route, task_id: str) -> tuple[types.CallToolResult, str | None]:
+async def await_result(
+    gw: GatewayContext, route: Route, task_id: str
+) -> tuple[types.CallToolResult, str | None]:
     """The call's result (and None); or, when every worker of its server goes away meanwhile,
     an error and why (the call is cancelled: it must not run later for a client that has
     stopped waiting)."""
@@ -224,14 +224,14 @@ async def await_result(gw: Gateway, route: Route, task_id: str) -> tuple[types.C
         return text_result(f"no result within {MAX_WAIT_S:.0f} s (task {task_id})", is_error=True), "timeout"
 
 
-def unserved_text(gw: Gateway, server: str) -> str:
+def unserved_text(gw: GatewayContext, server: str) -> str:
     return (
         f"ServerUnavailableError: no live worker runs MCP server {server!r} (waited "
         f"{gw.section.unserved_wait_s:g} s); its tools come back in tools/list when one does"
     )
 
 
-async def served_soon(gw: Gateway, server: str) -> bool:
+async def served_soon(gw: GatewayContext, server: str) -> bool:
     """Whether a live worker runs `server`, waiting up to `unservedWaitS` for one to come."""
     if gw.served is None or server in gw.served:
         return True
@@ -244,7 +244,7 @@ async def served_soon(gw: Gateway, server: str) -> bool:
         await asyncio.sleep(min(0.5, max(0.0, deadline - time.monotonic())))
 
 
-async def unserved_for_long(gw: Gateway, server: str, tick_s: float = 1.0) -> None:
+async def unserved_for_long(gw: GatewayContext, server: str, tick_s: float = 1.0) -> None:
     """Returns once no live worker has run `server` for `unservedWaitS` (the gateway's view,
     refreshed every `refreshS`): a call waiting for a result that cannot come stops waiting."""
     since: float | None = None

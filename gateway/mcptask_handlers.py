@@ -8,7 +8,7 @@ belongs to the token's client; another client's taskId is "Unknown task".
 from __future__ import annotations
 
 import asyncio
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 import mcp_types as types
 from celery import uuid
@@ -17,16 +17,14 @@ from mcp.shared.exceptions import MCPError
 
 from gateway.callers import may_call, trace_of
 from gateway.calls import MAX_WAIT_S, call_result, cancel_call, resolve_tool, submit, text_result
+from gateway.context import GatewayContext
 from gateway.mcptasks import TERMINAL, task_status
 from tasks.errors import AgentfulError, BrokerUnavailableError, InvalidArgumentsError, PayloadTooLargeError
-
-if TYPE_CHECKING:
-    from gateway.server import Gateway
 
 RELATED_TASK_META_KEY = "io.modelcontextprotocol/related-task"
 
 
-async def start_task(gw: Gateway, ctx: ServerRequestContext[Any, Any]) -> dict[str, Any]:
+async def start_task(gw: GatewayContext, ctx: ServerRequestContext[Any, Any]) -> dict[str, Any]:
     """A tools/call with `task`: queue the call, answer CreateTaskResult at once."""
     try:
         params = types.CallToolRequestParams.model_validate(ctx.params, by_name=False)
@@ -54,7 +52,7 @@ async def start_task(gw: Gateway, ctx: ServerRequestContext[Any, Any]) -> dict[s
     return {"task": task}
 
 
-async def _owned(gw: Gateway, ctx: ServerRequestContext[Any, Any], task_id: str) -> dict[str, Any]:
+async def _owned(gw: GatewayContext, ctx: ServerRequestContext[Any, Any], task_id: str) -> dict[str, Any]:
     caller = gw.caller(ctx)
     record = await gw.require_store().get(task_id)
     if record is None or (gw.auth_enabled and record.get("owner") != (caller.client_id or "")):
@@ -63,14 +61,14 @@ async def _owned(gw: Gateway, ctx: ServerRequestContext[Any, Any], task_id: str)
 
 
 async def tasks_get(
-    gw: Gateway, ctx: ServerRequestContext[Any, Any], params: types.GetTaskRequestParams
+    gw: GatewayContext, ctx: ServerRequestContext[Any, Any], params: types.GetTaskRequestParams
 ) -> Any:
     record = await _owned(gw, ctx, params.task_id)
     return await gw.require_store().describe(params.task_id, record)
 
 
 async def tasks_list(
-    gw: Gateway, ctx: ServerRequestContext[Any, Any], params: types.PaginatedRequestParams | None
+    gw: GatewayContext, ctx: ServerRequestContext[Any, Any], params: types.PaginatedRequestParams | None
 ) -> Any:
     caller = gw.caller(ctx)
     owner = caller.client_id or "" if gw.auth_enabled else None
@@ -82,7 +80,7 @@ async def tasks_list(
 
 
 async def tasks_cancel(
-    gw: Gateway, ctx: ServerRequestContext[Any, Any], params: types.CancelTaskRequestParams
+    gw: GatewayContext, ctx: ServerRequestContext[Any, Any], params: types.CancelTaskRequestParams
 ) -> Any:
     record = await _owned(gw, ctx, params.task_id)
     store = gw.require_store()
@@ -97,7 +95,7 @@ async def tasks_cancel(
 
 
 async def tasks_result(
-    gw: Gateway, ctx: ServerRequestContext[Any, Any], params: types.GetTaskPayloadRequestParams
+    gw: GatewayContext, ctx: ServerRequestContext[Any, Any], params: types.GetTaskPayloadRequestParams
 ) -> Any:
     """Waits for the end, then the CallToolResult with the related-task `_meta`."""
     record = await _owned(gw, ctx, params.task_id)

@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import logging
 import time
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 import mcp_types as types
 from mcp.server.context import ServerRequestContext
@@ -18,17 +18,15 @@ from mcp.shared.exceptions import MCPError
 
 from gateway.callers import may_use
 from gateway.calls import MAX_WAIT_S, RECHECK_S
+from gateway.context import GatewayContext
 from gateway.naming import Route, names_for
 from gateway.remote import fan_out, run_task
-
-if TYPE_CHECKING:
-    from gateway.server import Gateway
 
 log = logging.getLogger(__name__)
 
 
 async def list_prompts(
-    gw: Gateway, ctx: ServerRequestContext[Any, Any], params: types.PaginatedRequestParams | None
+    gw: GatewayContext, ctx: ServerRequestContext[Any, Any], params: types.PaginatedRequestParams | None
 ) -> types.ListPromptsResult:
     caller = gw.caller(ctx)
     answers = await fan_out(gw.require_waiter(), "list_prompts", await gw.served_servers())
@@ -50,7 +48,7 @@ async def list_prompts(
     return types.ListPromptsResult.model_validate({"prompts": prompts}, by_name=False)
 
 
-async def prompt_route(gw: Gateway, ctx: ServerRequestContext[Any, Any], name: str) -> Route:
+async def prompt_route(gw: GatewayContext, ctx: ServerRequestContext[Any, Any], name: str) -> Route:
     """The (server, prompt) an exposed prompt name stands for, scopes checked."""
     route = gw.prompt_routes.get(name)
     if route is None and time.monotonic() - gw.prompts_at > RECHECK_S:
@@ -64,7 +62,7 @@ async def prompt_route(gw: Gateway, ctx: ServerRequestContext[Any, Any], name: s
 
 
 async def get_prompt(
-    gw: Gateway, ctx: ServerRequestContext[Any, Any], params: types.GetPromptRequestParams
+    gw: GatewayContext, ctx: ServerRequestContext[Any, Any], params: types.GetPromptRequestParams
 ) -> types.GetPromptResult:
     route = await prompt_route(gw, ctx, params.name)
     answer = await run_task(
@@ -75,7 +73,7 @@ async def get_prompt(
 
 
 async def complete(
-    gw: Gateway, ctx: ServerRequestContext[Any, Any], params: types.CompleteRequestParams
+    gw: GatewayContext, ctx: ServerRequestContext[Any, Any], params: types.CompleteRequestParams
 ) -> types.CompleteResult:
     """completion/complete, forwarded to the server owning the prompt or resource template."""
     from gateway.resources import server_of

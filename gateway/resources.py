@@ -19,9 +19,7 @@ import hashlib
 import json
 import logging
 import time
-import weakref
-from dataclasses import dataclass, field
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 import mcp_types as types
 from mcp.server.context import ServerRequestContext
@@ -30,10 +28,8 @@ from mcp_types.version import MODERN_PROTOCOL_VERSIONS
 
 from gateway.callers import may_use, raw_meta
 from gateway.calls import MAX_WAIT_S, RECHECK_S
+from gateway.context import GatewayContext, Subscription
 from gateway.remote import fan_out, run_task
-
-if TYPE_CHECKING:
-    from gateway.server import Gateway
 
 log = logging.getLogger(__name__)
 
@@ -42,36 +38,7 @@ SERVER_META_KEY = "agentful/server"  # resources/read: which server, when severa
 POLL_S = 5.0
 
 
-@dataclass
-class Subscription:
-    server: str
-    digest: str  # of the contents last read
-    connections: weakref.WeakSet[Any] = field(default_factory=weakref.WeakSet)
-
-
-@dataclass
-class ResourceRoutes:
-    """Which servers listed each URI and each template, from the last listing; subscriptions."""
-
-    owners: dict[str, list[str]] = field(default_factory=dict)
-    templates: dict[str, list[str]] = field(default_factory=dict)
-    listed_at: float = float("-inf")
-    subscriptions: dict[str, Subscription] = field(default_factory=dict)
-
-    def owners_of(self, uri: str) -> list[str]:
-        """Servers that listed `uri`, else those whose template's literal prefix matches it."""
-        owners = self.owners.get(uri)
-        if owners:
-            return owners
-        matches: set[str] = set()
-        for pattern, servers in self.templates.items():
-            prefix = pattern.split("{", 1)[0]
-            if prefix and uri.startswith(prefix):
-                matches.update(servers)
-        return sorted(matches)
-
-
-async def listing(gw: Gateway, ctx: ServerRequestContext[Any, Any]) -> tuple[list[Any], list[Any]]:
+async def listing(gw: GatewayContext, ctx: ServerRequestContext[Any, Any]) -> tuple[list[Any], list[Any]]:
     """Every server's resources (those the caller may read) and templates; remembers owners."""
     caller = gw.caller(ctx)
     answers = await fan_out(gw.require_waiter(), "list_resources", await gw.served_servers())
@@ -98,20 +65,20 @@ async def listing(gw: Gateway, ctx: ServerRequestContext[Any, Any]) -> tuple[lis
 
 
 async def list_resources(
-    gw: Gateway, ctx: ServerRequestContext[Any, Any], params: types.PaginatedRequestParams | None
+    gw: GatewayContext, ctx: ServerRequestContext[Any, Any], params: types.PaginatedRequestParams | None
 ) -> types.ListResourcesResult:
     resources, _ = await listing(gw, ctx)
     return types.ListResourcesResult.model_validate({"resources": resources}, by_name=False)
 
 
 async def list_resource_templates(
-    gw: Gateway, ctx: ServerRequestContext[Any, Any], params: types.PaginatedRequestParams | None
+    gw: GatewayContext, ctx: ServerRequestContext[Any, Any], params: types.PaginatedRequestParams | None
 ) -> types.ListResourceTemplatesResult:
     _, templates = await listing(gw, ctx)
     return types.ListResourceTemplatesResult.model_validate({"resourceTemplates": templates}, by_name=False)
 
 
-async def server_of(gw: Gateway, ctx: ServerRequestContext[Any, Any], uri: str) -> str:
+async def server_of(gw: GatewayContext, ctx: ServerRequestContext[Any, Any], uri: str) -> str:
     """The one server a request about `uri` goes to (see docs/gateway.md), scopes checked."""
     routes = gw.resource_routes
     owners = routes.owners_of(uri)
@@ -140,7 +107,7 @@ async def server_of(gw: Gateway, ctx: ServerRequestContext[Any, Any], uri: str) 
 
 
 async def read_resource(
-    gw: Gateway, ctx: ServerRequestContext[Any, Any], params: types.ReadResourceRequestParams
+    gw: GatewayContext, ctx: ServerRequestContext[Any, Any], params: types.ReadResourceRequestParams
 ) -> types.ReadResourceResult:
     uri = str(params.uri)
     server = await server_of(gw, ctx, uri)
@@ -153,7 +120,7 @@ def _digest(answer: Any) -> str:
 
 
 async def subscribe(
-    gw: Gateway, ctx: ServerRequestContext[Any, Any], params: types.SubscribeRequestParams
+    gw: GatewayContext, ctx: ServerRequestContext[Any, Any], params: types.SubscribeRequestParams
 ) -> types.EmptyResult:
     """resources/subscribe: the URI must be readable now; changes are found by polling."""
     uri = str(params.uri)
@@ -170,7 +137,7 @@ async def subscribe(
 
 
 async def unsubscribe(
-    gw: Gateway, ctx: ServerRequestContext[Any, Any], params: types.UnsubscribeRequestParams
+    gw: GatewayContext, ctx: ServerRequestContext[Any, Any], params: types.UnsubscribeRequestParams
 ) -> types.EmptyResult:
     """resources/unsubscribe: idempotent (an URI this session did not subscribe to is fine)."""
     uri = str(params.uri)
@@ -183,7 +150,7 @@ async def unsubscribe(
     return types.EmptyResult()
 
 
-async def poll_subscriptions(gw: Gateway) -> None:
+async def poll_subscriptions(gw: GatewayContext) -> None:
     """Re-read every subscribed URI once; tell its sessions when the contents changed."""
     subscriptions = gw.resource_routes.subscriptions
     for uri, subscription in list(subscriptions.items()):
@@ -209,7 +176,7 @@ async def poll_subscriptions(gw: Gateway) -> None:
                 subscription.connections.discard(connection)
 
 
-async def poll_forever(gw: Gateway) -> None:
+async def poll_forever(gw: GatewayContext) -> None:
     while True:
         await asyncio.sleep(POLL_S)
         try:

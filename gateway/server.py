@@ -16,6 +16,7 @@ module that serves it:
 | gateway/callers.py | who is calling (token, scopes, project) |
 | gateway/remote.py | running the cluster's helper tasks (resources, prompts, completion) |
 | gateway/streaming.py | over HTTP: SSE for a request with a progressToken, JSON for the rest |
+| gateway/context.py | the Gateway as the handlers see it (a Protocol: they do not import this module) |
 """
 
 from __future__ import annotations
@@ -39,6 +40,7 @@ from mcp_types.version import MODERN_PROTOCOL_VERSIONS
 from gateway import calls, mcptask_handlers, prompts, resources
 from gateway.agents import agent_catalog
 from gateway.callers import Caller, caller_of
+from gateway.context import ResourceRoutes
 from gateway.mcptasks import TaskStore
 from gateway.naming import Index, Route, build_index
 from gateway.notifications import Clients
@@ -112,7 +114,7 @@ class Gateway:
         self._registry: Any = None
         self.prompt_routes: dict[str, Route] = {}  # exposed prompt name -> (server, prompt)
         self.prompts_at = float("-inf")
-        self.resource_routes = resources.ResourceRoutes()
+        self.resource_routes = ResourceRoutes()
         self.clients = Clients()
         self.waiter: ResultWaiter | None = None
         self.store: TaskStore | None = None

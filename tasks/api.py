@@ -27,7 +27,7 @@ from celery.worker import state as worker_state
 
 from tasks import progress as progress_channel
 from tasks.app import app
-from tasks.catalog import CachedCatalog, RedisCatalogStore, ServerTools, is_redis_url, plain_url, safe_url
+from tasks.catalog import CachedCatalog, ServerTools, safe_url
 from tasks.config_projects import check_project_id
 from tasks.contracts import ProgressFn, ToolInfo, ToolResult, get_executor
 from tasks.delivery.claims import ClaimStore, LostClaim
@@ -47,6 +47,7 @@ from tasks.registry import Registry
 from tasks.router import ClusterRouter, RedisAffinity
 from tasks.routing import server_queue, use_cluster_router
 from tasks.settings import NO_BROKER_URL, get_config, get_settings
+from tasks.store import catalog_store as catalog_store  # noqa: PLC0414  (re-exported: its old home)
 from tasks.taskrepr import call_repr, kwargs_repr
 from tasks.telemetry import hooks as _telemetry_hooks  # noqa: F401  (trace ids, logs, metrics: Celery signals)
 from tasks.validation import (
@@ -60,14 +61,6 @@ from tasks.validation import (
 
 log = logging.getLogger(__name__)
 _catalog: CachedCatalog | None = None
-
-
-def catalog_store() -> RedisCatalogStore | None:
-    """The shared catalog store: the result backend or broker, whichever is Redis; else none."""
-    for url in (plain_url(str(app.conf.result_backend or "")), str(app.conf.broker_url or "")):
-        if is_redis_url(url):
-            return RedisCatalogStore(url)
-    return None
 
 
 # A call naming a server or tool that the cached catalog lacks re-reads it if it is older than

@@ -129,7 +129,7 @@ class Subscription:
 
 
 def _store_url() -> str:
-    from tasks.api import catalog_store  # late: tasks.api imports this module
+    from tasks.store import catalog_store
 
     store = catalog_store()
     if store is None:

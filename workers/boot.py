@@ -34,10 +34,7 @@ from tasks.policy.scaling import CallWindow
 from tasks.registry import ServerHealth, worker_queue
 from tasks.routing import AGENT_SERVER, server_queue
 from tasks.settings import get_config, get_settings
-from workers import (
-    control,  # noqa: F401  (registers agentful's control commands)
-    lifecycle,
-)
+from workers import control, lifecycle
 from workers.heartbeat import Heartbeat
 from workers.hub import SessionHub
 from workers.workspaces import Workspaces
@@ -94,6 +91,9 @@ def _workspaces(settings: Any, config: Any) -> Workspaces | None:
 def in_process_hub() -> SessionHub | None:
     """The hub of this process if it serves calls here (thread and solo pools), else None."""
     return get_hub() if _in_process else None
+
+
+control.register(in_process_hub)  # agentful's control commands
 
 
 def _on_breaker(server: str, status: str) -> None:

@@ -9,35 +9,15 @@
 An instance is whatever the provider counts: a worker process, a pool process, a container, a
 pod. `scale_to(n, stop=...)` names the idle instances the policy chose to remove; a provider
 that can choose (local, celery-pool, kubernetes through the pod deletion cost) removes those.
+
+The Protocol and ProviderError live in `base` (importable from here too); `make_provider` picks one.
 """
 
 from __future__ import annotations
 
-from collections.abc import Mapping, Sequence
-from typing import Any, Protocol, runtime_checkable
+from typing import Any
 
-
-class ProviderError(RuntimeError):
-    """A provider could not read or change the number of instances (logged by beat, retried at
-    the next evaluation; the decision is recorded with the error)."""
-
-
-@runtime_checkable
-class Provider(Protocol):
-    name: str
-
-    def current(self) -> int:
-        """The instances it runs now (starting ones included, stopping ones not)."""
-        ...
-
-    def candidates(self, idle: Mapping[str, float]) -> dict[str, float]:
-        """Of the idle workers (node -> seconds idle), those this provider can remove by name."""
-        ...
-
-    def scale_to(self, n: int, *, stop: Sequence[str] = ()) -> None:
-        """Run `n` instances; when fewer, remove those of `stop` first (warm: they finish what
-        they hold)."""
-        ...
+from beat.providers.base import Provider, ProviderError
 
 
 def make_provider(section: Any, *, app: Any, data_dir: Any, servers: list[str]) -> Provider:

@@ -12,7 +12,7 @@ from __future__ import annotations
 import subprocess
 from collections.abc import Callable, Mapping, Sequence
 
-from beat.providers import ProviderError
+from beat.providers.base import ProviderError
 
 Runner = Callable[[list[str], float], str]
 

@@ -25,7 +25,7 @@ from pathlib import Path
 
 import psutil
 
-from beat.providers import ProviderError
+from beat.providers.base import ProviderError
 from workers.launcher import WorkerProcess
 
 log = logging.getLogger(__name__)

@@ -12,7 +12,7 @@ from __future__ import annotations
 from collections.abc import Mapping, Sequence
 from typing import Any
 
-from beat.providers import ProviderError
+from beat.providers.base import ProviderError
 
 
 class CeleryPoolProvider:

@@ -1,8 +1,8 @@
 """Telemetry wired into Celery through its own signals; imported by tasks.api, so every process
 that imports `tasks` has it (the producer's hooks act; the worker's and beat's fire only there).
 
-- before_task_publish: the task's headers get the caller's trace id (`agentful_trace_id`), or a
-  new one (the OpenTelemetry trace's when tracing is on).
+- before_task_publish (the hook is tracing's, connected here): the task's headers get the
+  caller's trace id (`agentful_trace_id`), or a new one (the OpenTelemetry trace's when tracing is on).
 - task_prerun / task_postrun: the worker puts trace id, task id, server and tool in the context
   of the task's logs, and takes them out after.
 - setup_logging (only with AGENTFUL_LOG_FORMAT=json): worker and beat log JSON lines; Celery
@@ -22,7 +22,6 @@ from typing import Any
 
 from celery.signals import (
     beat_init,
-    before_task_publish,
     celeryd_init,
     setup_logging,
     task_postrun,
@@ -62,21 +61,7 @@ def _settings() -> Settings | None:
 # --- trace id: caller -> headers -> worker ------------------------------------------------------
 
 
-def _on_publish(headers: dict[str, Any] | None = None, **_: Any) -> None:
-    if headers is None or headers.get(context.TRACE_HEADER):
-        return
-    headers[context.TRACE_HEADER] = (
-        context.current_trace_id() or tracing.current_trace_id() or context.new_trace_id()
-    )
-
-
-def connect_publish_hook() -> None:
-    """(Re)connect the publish hook last, so it runs after the OpenTelemetry producer span starts."""
-    before_task_publish.disconnect(_on_publish, dispatch_uid="agentful-trace-id")
-    before_task_publish.connect(_on_publish, weak=False, dispatch_uid="agentful-trace-id")
-
-
-connect_publish_hook()
+tracing.connect_publish_hook()  # tracing's own: its setup connects it again, after the instrumentor's
 
 
 @task_prerun.connect
@@ -199,9 +184,9 @@ def _on_beat_init(sender: Any = None, **_: Any) -> None:
     if settings is None:
         return
     _start_role("agentful-beat", settings)
-    from tasks.api import catalog_store
     from tasks.app import app
     from tasks.settings import get_config
+    from tasks.store import catalog_store
     from tasks.telemetry.cluster import ClusterReader
     from tasks.telemetry.metrics import ClusterCollector
 

@@ -8,6 +8,9 @@ the publish (producer) and the run (worker) and carries the context in the task 
 then traces its own request (`MCP send tools/call <tool>`) under it and puts that span's
 traceparent in `_meta`, so a server that traces continues the same trace. One trace:
 `apply_async/agentful.call_tool` -> `run/agentful.call_tool` -> `mcp.call_tool` -> `MCP send ...`.
+
+The publish hook (`connect_publish_hook`) puts the trace id in every task's headers, traced or
+not: tasks.telemetry.hooks connects it at import, `setup` again after the instrumentor's.
 """
 
 from __future__ import annotations
@@ -19,8 +22,11 @@ from collections.abc import Iterator
 from contextlib import contextmanager
 from typing import Any
 
+from celery.signals import before_task_publish
 from opentelemetry import propagate, trace
 from opentelemetry.trace import Span, SpanKind, Status, StatusCode
+
+from tasks.telemetry import context
 
 log = logging.getLogger(__name__)
 _lock = threading.Lock()
@@ -64,8 +70,6 @@ def setup(service: str, agentful_endpoint: str | None) -> bool:
         instrumentor = CeleryInstrumentor()  # type: ignore[no-untyped-call]
         instrumentor.instrument(tracer_provider=provider)
         _state.update(provider=provider, instrumentor=instrumentor)
-    from tasks.telemetry.hooks import connect_publish_hook
-
     connect_publish_hook()  # after the instrumentor's: the trace id in the headers is the trace's own
     log.info("OpenTelemetry tracing on: %s, spans to %s", name, url)
     return True
@@ -94,6 +98,19 @@ def current_trace_id() -> str | None:
     """The active span's trace id as 32 hex digits, if a span is active."""
     ctx = trace.get_current_span().get_span_context()
     return format(ctx.trace_id, "032x") if ctx.is_valid else None
+
+
+def _on_publish(headers: dict[str, Any] | None = None, **_: Any) -> None:
+    """before_task_publish: the caller's trace id into the task's headers, or a new one."""
+    if headers is None or headers.get(context.TRACE_HEADER):
+        return
+    headers[context.TRACE_HEADER] = context.current_trace_id() or current_trace_id() or context.new_trace_id()
+
+
+def connect_publish_hook() -> None:
+    """(Re)connect the publish hook last, so it runs after the OpenTelemetry producer span starts."""
+    before_task_publish.disconnect(_on_publish, dispatch_uid="agentful-trace-id")
+    before_task_publish.connect(_on_publish, weak=False, dispatch_uid="agentful-trace-id")
 
 
 @contextmanager

@@ -21,8 +21,7 @@ from starlette.responses import JSONResponse
 from starlette.routing import Route
 
 from tests.conftest import free_port
-from tests.gateway.conftest import RunningGateway, rpc
-from tests.gateway.test_auth import LIST, bearer, call, era
+from tests.gateway.conftest import LIST, RunningGateway, bearer, call, era, rpc
 
 ISSUER = "https://idp.example.test/realms/agents"
 AUDIENCE = "agentful-gateway"

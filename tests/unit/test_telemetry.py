@@ -19,7 +19,8 @@ from prometheus_client import REGISTRY
 from tasks.queues import agentful_queues, redis_depths
 from tasks.telemetry import context, logs, metrics, sentry
 from tasks.telemetry.calls import observe_call
-from tasks.telemetry.hooks import _on_publish, celery_role
+from tasks.telemetry.hooks import celery_role
+from tasks.telemetry.tracing import _on_publish
 
 
 @pytest.mark.parametrize(
