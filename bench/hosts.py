@@ -13,7 +13,8 @@ broker host, `agentful worker` on worker hosts, beat and the gateway on a contro
 3. Broker link flapping: down 3 s, up 2 s, down 3 s, up, under a batch; lost from the ledger.
 
 Last line, one JSON object: hosts, per_s_rtt0, per_s_rtt2ms, per_s_rtt20ms (64 callers),
-rtt2ms_ratio, p50_ms_rtt2ms, the same at 8 callers (`*_c8`), partition_lost,
+rtt2ms_ratio, p50_ms_rtt2ms, the same at 8 callers (`*_c8`), broker_commands_per_call_* (every
+process's commands to the broker while the point ran, heartbeats too, per call), partition_lost,
 partition_duplicated, partition_recovery_s (the cut to the first run elsewhere of a call of the
 cut host's projects), flap_lost, sentinel_failover_s and sentinel_lost (null: no Sentinel setup
 yet). Needs root (ip netns).
@@ -52,13 +53,19 @@ def caller(i):
         with lock:
             lat.append(time.perf_counter() - t)
         k += 1
+from tasks import app
+def commands():
+    return int(app.backend.client.info('stats')['total_commands_processed'])
 threads = [threading.Thread(target=caller, args=(i,)) for i in range(n)]
+before = commands()
 started = time.monotonic()
 for t in threads: t.start()
 for t in threads: t.join()
 took = time.monotonic() - started
+per_call = (commands() - before) / max(1, len(lat))
 lat.sort()
-print(json.dumps({'per_s': len(lat) / took, 'p50_ms': lat[len(lat) // 2] * 1000, 'calls': len(lat)}))
+print(json.dumps({'per_s': len(lat) / took, 'p50_ms': lat[len(lat) // 2] * 1000, 'calls': len(lat),
+                  'broker_commands_per_call': round(per_call, 1)}))
 """
 
 
@@ -71,6 +78,7 @@ def latency(cluster: HostCluster, lab: Lab, seconds: float) -> dict[str, Any]:
             tag = {0.0: "rtt0", 2.0: "rtt2ms", 20.0: "rtt20ms"}[rtt] + ("" if callers == 64 else "_c8")
             out[f"per_s_{tag}"] = round(got["per_s"], 1)
             out[f"p50_ms_{tag}"] = round(got["p50_ms"], 2)
+            out[f"broker_commands_per_call_{tag}"] = got["broker_commands_per_call"]
             print(f"  rtt {rtt:g} ms, {callers} callers: {got}", file=sys.stderr)
     cluster.set_rtt(0.0)
     out["rtt2ms_ratio"] = round(out["per_s_rtt2ms"] / out["per_s_rtt0"], 3)
@@ -104,15 +112,19 @@ def flap(cluster: HostCluster, lab: Lab) -> dict[str, Any]:
     base = len(cluster.executions())
     driver = cluster.drive(200, seconds=0.2, timeout_s=240, prefix="flap", projects=20)
     assert driver.wait_submitted() and cluster.wait_executions(base + 60, timeout_s=120)
+    fault_at = time.time()
     lab.flap("broker", times=2, down_s=3.0, up_s=2.0)
     outcome = driver.result()
     ledger = [
         e for e in read_ledger(Path(str(cluster.ledger) + ".jsonl")) if str(e["key"]).startswith("flap-")
     ]
-    o = analyse(ledger, outcome, 0.0)
+    o = analyse(ledger, outcome, fault_at)
     print(f"  flapping: {json.dumps(o.to_json())}", file=sys.stderr)
     alive = all(cluster.alive(n) for n in [*cluster.names, "beat", "gateway"])
-    return {"flap_lost": o.lost, "flap_duplicated": o.duplicated, "flap_everyone_alive": alive}
+    return {
+        "flap_lost": o.lost, "flap_duplicated": o.duplicated, "flap_everyone_alive": alive,
+        "flap_recovery_s": round(o.recovery_s, 2),  # the first cut to the last call done
+    }  # fmt: skip
 
 
 def main() -> None:
