@@ -112,18 +112,21 @@ def flap(cluster: HostCluster, lab: Lab) -> dict[str, Any]:
     base = len(cluster.executions())
     driver = cluster.drive(200, seconds=0.2, timeout_s=240, prefix="flap", projects=20)
     assert driver.wait_submitted() and cluster.wait_executions(base + 60, timeout_s=120)
+    pids = {n: cluster.server_pids(n) for n in cluster.names}
     fault_at = time.time()
     lab.flap("broker", times=2, down_s=3.0, up_s=2.0)
     outcome = driver.result()
+    victims, sent_before = cluster.declared_dead_pids(pids)  # their calls in flight: the window
     ledger = [
         e for e in read_ledger(Path(str(cluster.ledger) + ".jsonl")) if str(e["key"]).startswith("flap-")
     ]
-    o = analyse(ledger, outcome, fault_at)
+    o = analyse(ledger, outcome, fault_at, victims, None, sent_before)
     print(f"  flapping: {json.dumps(o.to_json())}", file=sys.stderr)
     alive = all(cluster.alive(n) for n in [*cluster.names, "beat", "gateway"])
     return {
         "flap_lost": o.lost, "flap_duplicated": o.duplicated, "flap_everyone_alive": alive,
         "flap_recovery_s": round(o.recovery_s, 2),  # the first cut to the last call done
+        "flap_in_window": o.in_window, "flap_declared_dead": len(cluster.declared_dead(cluster.names)),
     }  # fmt: skip
 
 

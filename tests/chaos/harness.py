@@ -151,6 +151,34 @@ def analyse(
     )
 
 
+# Programs that wait for a cluster of ledger workers: argv is the timeout, then the nodes.
+OWN_QUEUE_CALLS = """
+import json, sys
+from tasks import call_tool
+timeout, nodes = float(sys.argv[1]), sys.argv[2:]
+rs = [call_tool.apply_async(('ledger', 'work', {'key': 'warm', 'seconds': 0}), queue='worker.' + n)
+      for n in nodes]
+got = sorted(r.get(timeout=timeout)['worker'] for r in rs)
+print(json.dumps(got))
+sys.exit(0 if got == sorted(nodes) else f'answered by {got}, not {sorted(nodes)}')
+"""
+REGISTRY_READY = """
+import json, sys, time
+from tasks.api import catalog_store
+from tasks.registry import Registry
+from tasks.router import views
+timeout, want = float(sys.argv[1]), set(sys.argv[2:])
+reg = Registry(catalog_store().url)
+def ready():  # as the router sees them: its session up and healthy
+    return {w.node for w in views(reg.alive(), 'ledger') if w.healthy}
+deadline = time.monotonic() + timeout
+while time.monotonic() < deadline and not want <= ready():
+    time.sleep(0.2)
+print(json.dumps(sorted(ready())))
+sys.exit(0 if want <= ready() else f'not in the registry as healthy: {sorted(want - ready())}')
+"""
+
+
 class ChaosCluster:
     """A broker, N workers (threads pool) running the ledger server, optionally beat."""
 
@@ -225,23 +253,20 @@ class ChaosCluster:
         self.beat = subprocess.Popen([*cmd, "-l", "INFO"], env=self.env, cwd=ROOT, stdout=log, stderr=log)
 
     def wait_ready(self, timeout_s: float = 90) -> None:
-        """Every worker answers a call on its own queue (its session to the ledger is up)."""
+        """Every worker answers a call on its own queue (its session to the ledger is up), and
+        the registry shows it healthy: until then the router gives it no project, and on a busy
+        box a batch submitted earlier went to one worker alone."""
         out = self.tmp / "warm.json"
-        code = (
-            "import json,sys\n"
-            "from tasks import call_tool\n"
-            f"nodes={[self.node(i) for i in range(self.n)]!r}\n"
-            "rs=[call_tool.apply_async(('ledger','work',{'key':'warm','seconds':0}), queue='worker.'+n)"
-            " for n in nodes]\n"
-            f"print(json.dumps([r.get(timeout={timeout_s})['worker'] for r in rs]))\n"
-        )
-        done = subprocess.run(
-            [sys.executable, "-c", code], env=self.env, cwd=ROOT, capture_output=True, text=True,
-            timeout=timeout_s + 30, check=False,
-        )  # fmt: skip
-        out.write_text(done.stdout + done.stderr)
-        if done.returncode != 0:
-            raise RuntimeError(f"cluster not ready: {done.stderr[-2000:]}; logs in {self.tmp}")
+        nodes = [self.node(i) for i in range(self.n)]
+        for code in (OWN_QUEUE_CALLS, REGISTRY_READY):
+            done = subprocess.run(
+                [sys.executable, "-c", code, str(timeout_s), *nodes], env=self.env, cwd=ROOT,
+                capture_output=True, text=True, timeout=timeout_s + 30, check=False,
+            )  # fmt: skip
+            with out.open("a") as f:
+                f.write(done.stdout + done.stderr)
+            if done.returncode != 0:
+                raise RuntimeError(f"cluster not ready: {done.stderr[-2000:]}; logs in {self.tmp}")
 
     def drive(
         self, calls: int, *, seconds: float = 0.2, prefix: str = "c", timeout_s: float = 120, **kw: Any

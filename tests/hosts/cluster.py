@@ -17,13 +17,14 @@ import shutil
 import subprocess
 import sys
 import time
+from datetime import datetime
 from pathlib import Path
 from typing import Any
 
 import psutil
 import trustme
 
-from tests.chaos.harness import Driver, read_ledger
+from tests.chaos.harness import OWN_QUEUE_CALLS, REGISTRY_READY, Driver, read_ledger
 from tests.hosts.lab import Host, Lab
 from workers.launcher import wait_for
 
@@ -165,27 +166,11 @@ class HostCluster:
         return json.loads(done.stdout.strip().splitlines()[-1])
 
     def wait_ready(self, names: list[str], timeout_s: float = 120) -> None:
-        """Every worker answers a call on its own queue (its session to the ledger is up)."""
-        code = (
-            "import json,sys\nfrom tasks import call_tool\n"
-            "rs=[call_tool.apply_async(('ledger','work',{'key':'warm','seconds':0}), queue='worker.'+n)"
-            " for n in sys.argv[1:]]\n"
-            f"print(json.dumps([r.get(timeout={timeout_s})['worker'] for r in rs]))\n"
-        )
-        got = self.client(code, *[self.node(n) for n in names], timeout_s=timeout_s + 30)
-        assert sorted(got) == sorted(self.node(n) for n in names), got
-        # ... and its heartbeat says so, or the router would not choose it yet.
-        code = (
-            "import json,sys,time\nfrom tasks.api import catalog_store\nfrom tasks.registry import Registry\n"
-            "reg=Registry(catalog_store().url)\nwant=set(sys.argv[1:])\n"
-            "ok=lambda b: b.servers.get('ledger') is not None and b.servers['ledger'].healthy\n"
-            "deadline=time.monotonic()+60\n"
-            "while time.monotonic()<deadline and not want<={n for n,b in reg.alive().items() if ok(b)}:\n"
-            "    time.sleep(0.2)\n"
-            "print(json.dumps(sorted(n for n,b in reg.alive().items() if ok(b))))\n"
-        )
-        ready = self.client(code, *[self.node(n) for n in names], timeout_s=90)
-        assert set(ready) >= {self.node(n) for n in names}, ready
+        """Every worker answers a call on its own queue (its session to the ledger is up), and
+        its heartbeat says so, or the router would not choose it yet."""
+        nodes = [self.node(n) for n in names]
+        self.client(OWN_QUEUE_CALLS, str(timeout_s), *nodes, timeout_s=timeout_s + 30)
+        self.client(REGISTRY_READY, "60", *nodes, timeout_s=90)
 
     # --- the batch and its ledger ----------------------------------------------------------
 
@@ -213,6 +198,24 @@ class HostCluster:
             except psutil.Error:
                 continue
         return frozenset(out)
+
+    def declared_dead(self, names: list[str]) -> dict[str, float]:
+        """The workers that learnt they had been declared dead, and when (their log's clock)."""
+        out: dict[str, float] = {}
+        for name in names:
+            for line in self.log(name).splitlines():
+                if "was declared dead by the cluster" in line and line.startswith("["):
+                    stamp = datetime.strptime(line[1:24], "%Y-%m-%d %H:%M:%S,%f")
+                    at = time.mktime(stamp.timetuple()) + stamp.microsecond / 1e6
+                    out[name] = max(out.get(name, 0.0), at)
+        return out
+
+    def declared_dead_pids(self, pids: dict[str, frozenset[int]]) -> tuple[frozenset[int], float | None]:
+        """Of the workers' MCP server `pids` (taken before a fault), those of workers that were
+        declared dead, and until when they were sent calls as owners (analyse's victims and
+        `sent_before`)."""
+        dead = self.declared_dead(list(pids))
+        return frozenset(p for n in dead for p in pids[n]), max(dead.values(), default=None)
 
     def log(self, name: str) -> str:
         path = self.tmp / f"{name}.log"
