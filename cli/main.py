@@ -174,14 +174,23 @@ def worker(
         loglevel=loglevel,
     )
     err.print(f"worker {name}: servers {', '.join(names) or 'none'}; broker {url}")
-    code = _foreground(proc.command(), {**os.environ, "AGENTFUL_SERVERS": ",".join(names)})
+    env = {**os.environ, "AGENTFUL_SERVERS": ",".join(names)}
+    code = _foreground(proc.command(), env, replace=broker is None)
     if broker is not None:
         broker.stop()
     raise typer.Exit(code)
 
 
-def _foreground(cmd: list[str], env: dict[str, str]) -> int:
-    """Run a child in the foreground; Ctrl-C and SIGTERM reach it (warm shutdown), we wait."""
+def _foreground(cmd: list[str], env: dict[str, str], *, replace: bool = False) -> int:
+    """Run a child in the foreground; Ctrl-C and SIGTERM reach it (warm shutdown), we wait.
+
+    `replace`: nothing of ours is left to clean up after it (no embedded broker to stop), so
+    this process becomes the child (exec): one process per role, its signals straight to
+    Celery, and no idle launcher holding ~65 MB beside each worker."""
+    if replace:
+        sys.stdout.flush()
+        sys.stderr.flush()
+        os.execvpe(cmd[0], cmd, env)
     child = subprocess.Popen(cmd, env=env)
     signal.signal(signal.SIGTERM, lambda *_: child.terminate())
     while True:
@@ -198,11 +207,11 @@ def beat(config: ConfigOpt = None) -> None:
     _setup(config)
     from cli.stack import use_broker
 
-    use_broker(get_settings())
+    _, broker = use_broker(get_settings())
     sched = get_settings().data_dir / "beat"
     sched.mkdir(parents=True, exist_ok=True)
     cmd = [sys.executable, "-m", "celery", "-A", "tasks", "beat", "-s", str(sched / "schedule"), "-l", "INFO"]
-    raise typer.Exit(_foreground(cmd, dict(os.environ)))
+    raise typer.Exit(_foreground(cmd, dict(os.environ), replace=broker is None))
 
 
 @app.command()
@@ -224,12 +233,12 @@ def flower(
         env = flower_env(get_settings())
     except ConfigError as exc:
         raise _fail(exc) from None
-    use_broker(get_settings())
+    _, broker = use_broker(get_settings())
     env["AGENTFUL_BROKER_URL"] = os.environ.get("AGENTFUL_BROKER_URL", "")
     login = ", basic auth" if "FLOWER_BASIC_AUTH" in env else ""
     err.print(f"flower http://{address}:{port}{login}")
     cmd = [sys.executable, "-m", "celery", "-A", "tasks", "flower", f"--port={port}", f"--address={address}"]
-    raise typer.Exit(_foreground(cmd, env))
+    raise typer.Exit(_foreground(cmd, env, replace=broker is None))
 
 
 @app.command()
