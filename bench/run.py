@@ -7,7 +7,8 @@
 One embedded Valkey (or --broker-url), one `celery worker` subprocess that consumes both the
 no-op queue and the server-everything queue, so the baseline and `call_tool` run on the very
 same pool, concurrency, prefetch and acknowledgement settings. Also a direct MCP session to the
-same server (server-everything `echo` over stdio), in this process. The last line printed is
+same server (server-everything `echo` over stdio), in this process; and the memory of that
+worker against a bare Celery worker (a one-task app, the same pool). The last line printed is
 one JSON object.
 """
 
@@ -17,6 +18,7 @@ import argparse
 import json
 import os
 import statistics
+import subprocess
 import sys
 import tempfile
 import time
@@ -70,6 +72,41 @@ def throughput_per_s(submit: Any, n: int) -> float:
     return n / (time.perf_counter() - t0)
 
 
+BARE_APP = """
+from celery import Celery
+app = Celery("bare", broker={url!r})
+app.conf.task_ignore_result = True
+@app.task(name="bare.noop")
+def noop():
+    return None
+"""
+
+
+def bare_worker_rss_mb(data_dir: Path, broker_url: str, pool: str, concurrency: int) -> float:
+    """RSS of a bare Celery worker (a one-task app, the same pool and concurrency, the same
+    broker) after it ran 200 no-ops: what a worker costs before agentful adds anything."""
+    import psutil
+    from celery import Celery
+
+    (data_dir / "bare.py").write_text(BARE_APP.format(url=broker_url))
+    log = data_dir / "bare.log"
+    cmd = [sys.executable, "-m", "celery", "-A", "bare", "worker", "-P", pool, "-c", str(concurrency),
+           "-Q", "bare", "-l", "INFO", "--without-gossip", "--without-mingle", "-n", "bare@%h"]  # fmt: skip
+    proc = subprocess.Popen(cmd, cwd=data_dir, stdout=log.open("ab"), stderr=subprocess.STDOUT)
+    try:
+        deadline = time.monotonic() + 60
+        while "ready." not in log.read_text(errors="replace") and time.monotonic() < deadline:
+            time.sleep(0.2)
+        sender = Celery("bare", broker=broker_url)
+        for _ in range(200):
+            sender.send_task("bare.noop", queue="bare")
+        time.sleep(3)
+        return float(psutil.Process(proc.pid).memory_info().rss) / 2**20
+    finally:
+        proc.terminate()
+        proc.wait(timeout=30)
+
+
 async def direct_mcp(n: int) -> tuple[list[float], float]:
     from mcp import Client, StdioServerParameters
     from mcp.client.stdio import stdio_client
@@ -108,6 +145,7 @@ def main() -> None:
     broker = setup_env(data_dir, args.broker_url)
 
     import anyio
+    import psutil
 
     from tasks import call_tool, ping
     from workers.launcher import DEFAULT_CONCURRENCY, DEFAULT_POOL, WorkerProcess
@@ -143,6 +181,8 @@ def main() -> None:
             return call_tool.delay("everything", "trigger-long-running-operation", slow_args)
 
         slow_per_s = throughput_per_s(slow, n_slow)
+        rss_worker = float(psutil.Process(worker.pid).memory_info().rss) / 2**20
+        rss_bare = bare_worker_rss_mb(data_dir, os.environ["AGENTFUL_BROKER_URL"], pool, concurrency)
     finally:
         worker.stop()
         if broker is not None:
@@ -167,6 +207,9 @@ def main() -> None:
         "direct_mcp_p50_ms": round(pct(direct_lat, 50), 3),
         "direct_mcp_per_s": round(direct_tp, 1),
         "call_tool_100ms_tool_per_s": round(slow_per_s, 1),
+        "rss_mb_worker": round(rss_worker, 1),  # the Celery process, its MCP servers aside
+        "rss_mb_celery_worker": round(rss_bare, 1),
+        "rss_ratio": round(rss_worker / rss_bare, 2),
         "rounds": rounds,
     }
     print(json.dumps(result))

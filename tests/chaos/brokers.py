@@ -11,13 +11,14 @@ from __future__ import annotations
 import contextlib
 import os
 import shutil
-import signal
 import socket
 import subprocess
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Protocol
+
+import psutil
 
 
 def free_port() -> int:
@@ -157,15 +158,27 @@ class RabbitProcess:
         return self
 
     def kill(self) -> None:
-        """SIGKILL the node's whole process group (the Erlang VM and its helpers)."""
+        """SIGKILL the node: the Erlang VM and everything its start script started. Debian's
+        `rabbitmq-server` runs the node through `su`, in a session of its own, so a kill of the
+        script's process group does not reach the VM (it went on serving, and a "restart" found
+        the port still open): every descendant is killed by pid. Raises if the port stays open."""
         if self.proc is None:
             return
-        with contextlib.suppress(ProcessLookupError):
-            os.killpg(self.proc.pid, signal.SIGKILL)
+        try:
+            tree = [psutil.Process(self.proc.pid), *psutil.Process(self.proc.pid).children(recursive=True)]
+        except psutil.NoSuchProcess:
+            tree = []
+        for proc in tree:
+            if proc.name() != "epmd":  # the port mapper is shared by every node of the host
+                with contextlib.suppress(psutil.NoSuchProcess):
+                    proc.kill()
         with contextlib.suppress(subprocess.TimeoutExpired):
             self.proc.wait(timeout=10)
+        psutil.wait_procs(tree, timeout=10)
         deadline = time.monotonic() + 10
-        while port_open(self.port) and time.monotonic() < deadline:
+        while port_open(self.port):
+            if time.monotonic() > deadline:
+                raise RuntimeError(f"RabbitMQ node {self.node} still listens on {self.port} after SIGKILL")
             time.sleep(0.05)
 
     def stop(self) -> None:
