@@ -103,11 +103,11 @@ if result and (string.find(result, '^{"status": "SUCCESS"') or string.find(resul
     or string.find(result, '^{"status": "REVOKED"')) then
   return {'done', ''}
 end
-local c = redis.call('HMGET', KEYS[1], 'owner', 'state', 'attempt')
+local c = redis.call('HMGET', KEYS[1], 'owner', 'state', 'attempt', 'nonce', 'token')
 local owner, state = c[1], c[2]
 local attempt = tonumber(c[3] or '0') or 0
-if owner == ARGV[1] and state == 'running' and redis.call('HGET', KEYS[1], 'nonce') == ARGV[5] then
-  return {'own', redis.call('HGET', KEYS[1], 'token'), tostring(attempt)}
+if owner == ARGV[1] and state == 'running' and c[4] == ARGV[5] then
+  return {'own', c[5], tostring(attempt)}
 end
 if owner and state == 'running' then
   local dead = redis.call('EXISTS', ARGV[4] .. owner) == 1

@@ -169,8 +169,8 @@ class RabbitProcess:
         except psutil.NoSuchProcess:
             tree = []
         for proc in tree:
-            if proc.name() != "epmd":  # the port mapper is shared by every node of the host
-                with contextlib.suppress(psutil.NoSuchProcess):
+            with contextlib.suppress(psutil.NoSuchProcess):
+                if proc.name() != "epmd":  # the port mapper is shared by every node of the host
                     proc.kill()
         with contextlib.suppress(subprocess.TimeoutExpired):
             self.proc.wait(timeout=10)
