@@ -151,6 +151,21 @@ def analyse(
     )
 
 
+def runs_of(
+    ledger: list[dict[str, Any]], keys: list[str], fault_at: float, victim_pids: frozenset[int]
+) -> dict[str, list[str]]:
+    """For a failed assertion: each execution of `keys`, its time from the fault, and whose."""
+    out: dict[str, list[str]] = defaultdict(list)
+    for line in ledger:
+        if line["key"] in keys and line["ev"] in ("start", "end", "skip"):
+            who = "victim" if line["pid"] in victim_pids else "other"
+            out[line["key"]].append(
+                f"{line['ev']} {line['t'] - fault_at:+.3f}s pid {line['pid']} ({who}) "
+                f"attempt {line.get('attempt')} task {line.get('task')}"
+            )
+    return dict(out)
+
+
 # Programs that wait for a cluster of ledger workers: argv is the timeout, then the nodes.
 OWN_QUEUE_CALLS = """
 import json, sys
