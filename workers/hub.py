@@ -188,7 +188,31 @@ class SessionHub:
         rerun: bool = False,
         project: str | None = None,
     ) -> tuple[dict[str, Any], int]:
-        session = self._session(server, project)
+        session = self._session(server, project)  # a per-project one is held until released
+        try:
+            return self._call_tool(
+                session, server, tool, arguments, timeout_s=timeout_s, meta=meta, on_progress=on_progress,
+                cancelled=cancelled, still_owner=still_owner, rerun=rerun, project=project,
+            )  # fmt: skip
+        finally:
+            if project is not None and self.projects is not None and server in self.projects.specs:
+                self.projects.release(server, project)
+
+    def _call_tool(
+        self,
+        session: ServerSession,
+        server: str,
+        tool: str,
+        arguments: dict[str, Any],
+        *,
+        timeout_s: float | None,
+        meta: dict[str, Any] | None,
+        on_progress: ProgressFn | None,
+        cancelled: Callable[[], bool] | None,
+        still_owner: Callable[[], bool] | None,
+        rerun: bool,
+        project: str | None,
+    ) -> tuple[dict[str, Any], int]:
         timeout = timeout_s if timeout_s is not None else session.spec.call_timeout_s
         wait_s = 2 * timeout + session.spec.start_timeout_s + _WAIT_MARGIN_S
         inbox: queue.SimpleQueue[object] = queue.SimpleQueue()

@@ -100,6 +100,9 @@ class ProjectSessions:
         self.sessions: OrderedDict[tuple[str, str], ServerSession] = OrderedDict()
         self._owners: dict[tuple[str, str], concurrent.futures.Future[None]] = {}
         self.last_used: dict[tuple[str, str], float] = {}
+        # Calls that hold a session, from `get` to `release`: a session handed out is not idle,
+        # even while it still starts (a server may take seconds) and has no call in flight yet.
+        self.users: dict[tuple[str, str], int] = {}
         self.catalog: dict[str, ServerSession] = {}
 
     def start_catalog(self) -> None:
@@ -119,7 +122,8 @@ class ProjectSessions:
         return session.tools if session is not None else {}
 
     def get(self, server: str, project: str | None) -> ServerSession:
-        """The session of `server` for `project`, started (and the workspace cloned) if needed."""
+        """The session of `server` for `project`, started (and the workspace cloned) if needed,
+        and held for the caller until its `release`: neither the cap nor the idle timeout stops it."""
         if project is None:
             raise InvalidOptionError(
                 f"MCP server {server!r} runs one session per project: pass project_id "
@@ -131,6 +135,7 @@ class ProjectSessions:
             if session is not None:
                 self.sessions.move_to_end(key)
                 self.last_used[key] = time.monotonic()
+                self.users[key] = self.users.get(key, 0) + 1
                 return session
         spec = self.specs[server]
         wrap, user = isolation_wrap_for(spec.isolation, project)
@@ -142,6 +147,7 @@ class ProjectSessions:
         concrete = fill(spec, project=project, workspace=str(workspace), home=str(home))
         session = self._make(server, concrete, publish=False, wrap=wrap, log_name=f"{server}.{project}")
         with self._lock:
+            self.users[key] = self.users.get(key, 0) + 1
             existing = self.sessions.get(key)
             if existing is not None:  # another thread made it meanwhile: use that one
                 return existing
@@ -152,11 +158,28 @@ class ProjectSessions:
         log.info("per-project session of %s started for %s in %s", server, project, workspace)
         return session
 
+    def release(self, server: str, project: str) -> None:
+        """The caller of `get` is done with the session: its idle time starts now, and a cap
+        exceeded while every session was held is enforced again."""
+        key = (server, project)
+        with self._lock:
+            left = self.users.get(key, 0) - 1
+            if left > 0:
+                self.users[key] = left
+            else:
+                self.users.pop(key, None)
+            if key in self.sessions:
+                self.last_used[key] = time.monotonic()
+            self._evict(self.specs[server].max_projects, server)
+
+    def _idle(self, key: tuple[str, str]) -> bool:
+        return self.users.get(key, 0) == 0 and self.sessions[key].in_flight == 0
+
     def _evict(self, cap: int, server: str) -> None:
         """Past the cap, stop the least recently used idle sessions of `server` (lock held)."""
         keys = [k for k in self.sessions if k[0] == server]
         for key in keys[: max(0, len(keys) - cap)]:
-            if self.sessions[key].in_flight == 0:
+            if self._idle(key):
                 self._stop(key, "the per-project cap (maxProjects) was reached")
 
     def reap_idle(self, now: float | None = None) -> int:
@@ -165,8 +188,8 @@ class ProjectSessions:
         stopped = 0
         with self._lock:
             for key in list(self.sessions):
-                session, spec = self.sessions[key], self.specs[key[0]]
-                if session.in_flight == 0 and now - self.last_used.get(key, now) >= spec.idle_timeout_s:
+                spec = self.specs[key[0]]
+                if self._idle(key) and now - self.last_used.get(key, now) >= spec.idle_timeout_s:
                     self._stop(key, f"idle for {spec.idle_timeout_s:g} s")
                     stopped += 1
         return stopped
