@@ -9,8 +9,8 @@ and beat, the ledger MCP server (every execution fsynced to a ledger), a driver 
 batch with `.delay()` (an idempotency key per call, 20 projects); the fault at one third of the
 executions. Counted from the ledger and the driver, never from the cluster (tests/chaos/harness.py).
 The last line is one JSON object: per scenario and broker `runs`, `calls`, `lost`, `duplicated`,
-`in_window`, `recovery_s` and `failover_s` (worst; see tests/chaos/harness.py), and `lost_total`,
-`duplicated_total`.
+`in_window`, `recovery_s`, `failover_s` and `window_done_s` (worst; see tests/chaos/harness.py),
+and `lost_total`, `duplicated_total`.
 """
 
 from __future__ import annotations
@@ -86,8 +86,10 @@ def main() -> None:
                 for k in ("calls", "lost", "duplicated", "in_window"):
                     row[k] += getattr(outcome, k)
                 row["recovery_s"] = max(row["recovery_s"], round(outcome.recovery_s, 3))
-                if outcome.failover_s is not None:
-                    row["failover_s"] = max(row.get("failover_s", 0.0), round(outcome.failover_s, 3))
+                for k in ("failover_s", "window_done_s"):
+                    value = getattr(outcome, k)
+                    if value is not None:
+                        row[k] = max(row.get(k, 0.0), round(value, 3))
             table[f"{scenario}/{kind}"] = row
             lost_total += row["lost"]
             duplicated_total += row["duplicated"]

@@ -18,7 +18,10 @@ from what the driver got back, never from what the cluster says of itself:
   it had answered calls of before the fault; with no faulted worker, of any call): failover plus
   the time the survivors take to work through those projects' backlog;
 - failover_s: the fault to the first execution of a call of those projects by another worker
-  (the dead worker detected, fenced, and its calls handed on); None without a faulted worker.
+  (the dead worker detected, fenced, and its calls handed on); None without a faulted worker;
+- window_done_s: the fault to the last completion of a call in the window (the calls the faulted
+  worker was running: each ran again elsewhere); None with an empty window. recovery_s also
+  waits for the faulted worker's share of the backlog, which the survivors work through.
 Used by tests/chaos and by bench/chaos.py.
 """
 
@@ -56,6 +59,7 @@ class Outcome:
     recovery_s: float
     executions: int
     failover_s: float | None = None
+    window_done_s: float | None = None
     last_done: float = 0.0  # wall time of the last completion of any call
     lost_keys: list[str] = field(default_factory=list)
     duplicated_keys: list[str] = field(default_factory=list)
@@ -70,6 +74,7 @@ class Outcome:
             "in_window": self.in_window,
             "recovery_s": round(self.recovery_s, 3),
             "failover_s": None if self.failover_s is None else round(self.failover_s, 3),
+            "window_done_s": None if self.window_done_s is None else round(self.window_done_s, 3),
             "executions": self.executions,
             "states": self.states,
             "lost_keys": self.lost_keys[:10],
@@ -104,7 +109,7 @@ def analyse(
             runs[line["key"]].append(line)
         elif line["ev"] == "end":
             ends[ident] = line["t"]
-    duplicated, window = [], 0
+    duplicated, window = [], []
     for key, starts in runs.items():
         if len(starts) < 2:
             continue
@@ -119,7 +124,7 @@ def analyse(
         if sequential:
             duplicated.append(key)
         else:
-            window += 1
+            window.append(key)
     accepted = {k: v for k, v in outcome.items() if v["state"] != "REFUSED"}
     lost = sorted(k for k, v in accepted.items() if v["state"] != "SUCCESS" or k not in runs)
     states: dict[str, int] = defaultdict(int)
@@ -140,10 +145,13 @@ def analyse(
         accepted=len(accepted),
         lost=len(lost),
         duplicated=len(duplicated),
-        in_window=window,
+        in_window=len(window),
         recovery_s=max((t - fault_at for t in done if t > fault_at), default=0.0),
         executions=sum(len(s) for s in runs.values()),
         failover_s=min(taken_over) if mine and taken_over else None,
+        window_done_s=max(
+            (outcome[k]["t_done"] - fault_at for k in window if "t_done" in outcome.get(k, {})), default=None
+        ),
         last_done=max((v["t_done"] for v in accepted.values() if "t_done" in v), default=0.0),
         lost_keys=lost,
         duplicated_keys=sorted(duplicated),
