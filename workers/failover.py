@@ -8,10 +8,11 @@ killed process: the kernel closed them; a paused or cut-off one still has them, 
 the expiry). The first live worker to see it takes a lock and:
 1. fences it (tasks/delivery/claims.py): from now on it takes, acknowledges and stores nothing,
    so a worker that was only paused cannot act on calls that have moved on;
-2. restores everything in its unacked hash, where the atomic take put every message it took
-   (tasks/delivery/transport.py): the calls it ran and the ones it had prefetched, exactly;
-3. if no other incarnation of its node lives, moves its own queue `worker.<node>` to the shared
-   queue of each call's server, where any live worker takes it.
+2. if no other incarnation of its node lives, moves its own queue `worker.<node>`, in order, to
+   the front of the shared queue of each call's server, where any live worker takes it;
+3. restores everything in its unacked hash, where the atomic take put every message it took
+   (tasks/delivery/transport.py), in front of those: the calls it ran and the ones it had
+   prefetched, exactly, next to be taken.
 A worker only judges others once it has itself been in contact with the store for an expiry: a
 broker that comes back after a restart finds every heartbeat old, and must not see a massacre.
 RabbitMQ requeues a dead consumer's messages itself; the fence and the claims still apply.
@@ -132,25 +133,31 @@ def restore_unacked(
 
 
 def drain_queue(broker: redis.Redis, queue: str) -> int:
-    """Move every message of a dead worker's own queue to its server's shared queue."""
+    """Move every message of a dead worker's own queue to the front of its server's shared
+    queue, in their order: they were queued before anything that queue holds now."""
     moved = 0
     for key in [list_key(queue, {"properties": {"priority": p}}) for p in PRIORITY_STEPS]:
-        while True:
-            # The tail (the consuming end) is stable: producers push at the head and nobody
-            # consumes a dead worker's queue. Copy the tail to its new queue and drop it in one
-            # transaction: a crash in between duplicates a message, never loses one.
-            raw = broker.lindex(key, -1)
-            if raw is None:
-                break
-            payload = json.loads(raw)
-            target = target_queue(payload)
-            info = payload.setdefault("properties", {}).setdefault("delivery_info", {})
-            info["routing_key"], info["exchange"] = target, ""
-            pipe = broker.pipeline(transaction=True)
-            _push(pipe, target, payload, front=True)
-            pipe.rpop(key)
-            pipe.execute()
-            moved += 1
+        with broker.pipeline(transaction=True) as pipe:
+            while True:
+                # The newest (the head) first: each goes to the front, so the oldest ends up
+                # next to be taken. A producer may still push at the head: WATCH, and look again
+                # if it did. Copy and drop in one transaction: nothing is lost, nor run twice.
+                try:
+                    pipe.watch(key)
+                    raw = pipe.lindex(key, 0)
+                    if raw is None:
+                        break
+                    payload = json.loads(raw)
+                    target = target_queue(payload)
+                    info = payload.setdefault("properties", {}).setdefault("delivery_info", {})
+                    info["routing_key"], info["exchange"] = target, ""
+                    pipe.multi()
+                    _push(pipe, target, payload, front=True)
+                    pipe.lpop(key)
+                    pipe.execute()
+                    moved += 1
+                except redis.WatchError:
+                    continue
     return moved
 
 
@@ -286,9 +293,12 @@ class Reaper:
 
             restored = moved = 0
             if self.broker is not None:
-                restored = restore_unacked(self.broker, incarnation, retarget=retarget)
+                # Its queue first, then what it held in front of that: the calls it was running
+                # and had prefetched are the oldest, and go next (else a long own queue moved
+                # in front of them delays the very calls its death interrupted).
                 if not node_lives:
                     moved = drain_queue(self.broker, own)
+                restored = restore_unacked(self.broker, incarnation, retarget=retarget)
             elif self.amqp_url is not None and not node_lives:
                 moved = drain_amqp_queue(self.amqp_url, own)  # RabbitMQ requeued what it held
             self.registry.forget(incarnation)

@@ -4,6 +4,7 @@ same step, the failover that restores exactly that hash, and the fence."""
 
 from __future__ import annotations
 
+import base64
 import json
 import os
 import socket
@@ -146,3 +147,49 @@ def test_a_dead_incarnations_calls_are_restored_exactly_and_it_is_fenced(broker:
         assert not client.hexists(keys.unacked(as_worker), again.delivery_tag)
         again.ack()
         assert client.hlen(keys.unacked(now)) == 0
+
+
+def test_a_dead_workers_queue_moves_in_order_behind_the_calls_it_held(broker: str, as_worker: str) -> None:
+    """The calls a dead worker was running are next to be taken, then its own queue in the order
+    it was queued in: a long own queue moved in front of them would hold up the very calls its
+    death interrupted."""
+    from tasks import app
+    from tasks.registry import Registry, worker_queue
+    from tasks.routing import server_queue
+    from workers.failover import Reaper
+
+    node = as_worker.rsplit("/", 1)[0]
+    client = redis.Redis.from_url(broker)
+    target = server_queue(f"srv-{uuid.uuid4().hex[:6]}")
+    server = target.removeprefix("mcp.")
+
+    def send(numbers: range) -> None:
+        with app.producer_or_acquire() as producer:
+            for n in numbers:
+                app.send_task(
+                    "agentful.call_tool",
+                    (server, "echo", {"n": n}),
+                    queue=worker_queue(node),
+                    producer=producer,
+                )
+
+    send(range(1))
+    with _transport_connection(broker) as conn:  # takes the first, runs it, and dies
+        conn.SimpleQueue(worker_queue(node)).get(timeout=5)
+        send(range(1, 6))  # meanwhile its own queue fills
+        reaper = Reaper(
+            Registry(broker),
+            client,
+            broker_is_store=True,
+            me=lambda: "someone-else",
+            interval_s=2,
+            expiry_s=5,
+        )
+        assert reaper.reap(as_worker) == (1, 5)
+    order = []
+    while (raw := client.rpop(target)) is not None:  # the consuming end
+        assert isinstance(raw, bytes)
+        message = json.loads(raw)
+        args, _kwargs, _embed = json.loads(base64.b64decode(message["body"]))
+        order.append(args[2]["n"])
+    assert order == [0, 1, 2, 3, 4, 5], order
