@@ -189,63 +189,42 @@ class SessionHub:
         project: str | None = None,
     ) -> tuple[dict[str, Any], int]:
         session = self._session(server, project)  # a per-project one is held until released
+        held = project if self._per_project(server) else None
         try:
-            return self._call_tool(
-                session, server, tool, arguments, timeout_s=timeout_s, meta=meta, on_progress=on_progress,
-                cancelled=cancelled, still_owner=still_owner, rerun=rerun, project=project,
-            )  # fmt: skip
-        finally:
-            if project is not None and self.projects is not None and server in self.projects.specs:
-                self.projects.release(server, project)
+            timeout = timeout_s if timeout_s is not None else session.spec.call_timeout_s
+            wait_s = 2 * timeout + session.spec.start_timeout_s + _WAIT_MARGIN_S
+            inbox: queue.SimpleQueue[object] = queue.SimpleQueue()
 
-    def _call_tool(
-        self,
-        session: ServerSession,
-        server: str,
-        tool: str,
-        arguments: dict[str, Any],
-        *,
-        timeout_s: float | None,
-        meta: dict[str, Any] | None,
-        on_progress: ProgressFn | None,
-        cancelled: Callable[[], bool] | None,
-        still_owner: Callable[[], bool] | None,
-        rerun: bool,
-        project: str | None,
-    ) -> tuple[dict[str, Any], int]:
-        timeout = timeout_s if timeout_s is not None else session.spec.call_timeout_s
-        wait_s = 2 * timeout + session.spec.start_timeout_s + _WAIT_MARGIN_S
-        inbox: queue.SimpleQueue[object] = queue.SimpleQueue()
+            async def notified(progress: float, total: float | None, message: str | None) -> None:
+                # No await before the put: the SDK spawns one callback per notification, in order.
+                inbox.put((progress, total, message))
 
-        async def notified(progress: float, total: float | None, message: str | None) -> None:
-            # No await before the put: the SDK spawns one callback per notification, in order.
-            inbox.put((progress, total, message))
+            async def run() -> tuple[dict[str, Any], int]:
+                observed.context.apply()  # the task's trace id and log fields, on the loop's task
+                result, attempts = await session.call(
+                    tool,
+                    arguments,
+                    timeout_s=timeout_s,  # None: the server's callTimeoutS (a caller's bound: not its fault)
+                    meta=observed.meta,
+                    progress=notified if on_progress else None,
+                    rerun=rerun,
+                    still_owner=still_owner,
+                )
+                return wire(result), attempts
 
-        async def run() -> tuple[dict[str, Any], int]:
-            observed.context.apply()  # the task's trace id and log fields, on the loop's task
-            result, attempts = await session.call(
-                tool,
-                arguments,
-                timeout_s=timeout_s,  # None: the server's callTimeoutS (a caller's bound is not its fault)
-                meta=observed.meta,
-                progress=notified if on_progress else None,
-                rerun=rerun,
-                still_owner=still_owner,
-            )
-            return wire(result), attempts
-
-        # Metrics, the OpenTelemetry span, and the trace id in `_meta` (tasks/telemetry/calls.py).
-        with observe_call(server, tool, meta) as observed:
-            try:
+            # Metrics, the OpenTelemetry span, and the trace id in `_meta` (tasks/telemetry/calls.py).
+            with observe_call(server, tool, meta) as observed:
                 if on_progress is None and cancelled is None:
                     out = self._run(run(), wait_s)
                 else:
                     out = self._run_watched(run(), wait_s, inbox, on_progress, cancelled)
-            finally:
-                if project is not None and self.workspaces is not None and self._per_project(server):
-                    self.workspaces.touched(project)
-            observed.done(out[0])
-            return out
+                observed.done(out[0])
+                return out
+        finally:
+            if held is not None and self.projects is not None:
+                self.projects.release(server, held)
+                if self.workspaces is not None:
+                    self.workspaces.touched(held)
 
     def _run_watched(
         self,
