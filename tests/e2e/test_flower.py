@@ -144,8 +144,16 @@ def test_up_starts_flower_behind_its_login_and_prints_its_port(tmp_path: Path) -
             except httpx2.HTTPError:
                 time.sleep(0.3)
         assert got == 401
-        workers = httpx2.get(f"{url}/api/workers?refresh=1", auth=(USER, PASSWORD), timeout=15)
-        assert workers.status_code == 200 and any(k.startswith("worker-1@") for k in workers.json())
+        # Flower asks the workers (a broadcast, 1 s to answer): one still starting, or slow on a
+        # busy box, is missing from that answer and shows at the next refresh, as for a user.
+        deadline = time.monotonic() + 30
+        while True:
+            workers = httpx2.get(f"{url}/api/workers?refresh=1", auth=(USER, PASSWORD), timeout=15)
+            listed = workers.status_code == 200 and any(k.startswith("worker-1@") for k in workers.json())
+            if listed or time.monotonic() > deadline:
+                break
+            time.sleep(1)
+        assert listed, (workers.status_code, workers.text[:500])
         assert PASSWORD not in "".join(lines)
         up.send_signal(signal.SIGINT)
         assert up.wait(timeout=60) == 0
