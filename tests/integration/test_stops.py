@@ -117,3 +117,27 @@ def test_a_warm_stop_ends_within_its_bound_and_hands_a_long_call_to_another_work
         assert wait_for(lambda: "stopping hard" in (tmp_path / "worker0.log").read_text(), 5)
     finally:
         cluster.stop()
+
+
+def test_a_broker_whose_last_port_is_taken_starts_on_another(tmp_path: Path) -> None:
+    """The embedded broker reuses its last port; when something else holds it now (a broker a
+    killed `agentful up` left behind), it starts on a free one instead of failing."""
+    import redis
+
+    from cli.broker import EmbeddedBroker
+    from tasks.settings import Settings
+
+    settings = Settings(data_dir=tmp_path)
+    with socket.socket() as squatter:
+        squatter.bind(("127.0.0.1", 0))
+        squatter.listen()
+        taken = squatter.getsockname()[1]
+        (tmp_path / "broker").mkdir(parents=True)
+        (tmp_path / "broker" / "port").write_text(str(taken))
+        broker = EmbeddedBroker(settings)
+        try:
+            url = broker.start()
+            assert url != f"redis://127.0.0.1:{taken}/0"
+            assert redis.Redis.from_url(url).ping()
+        finally:
+            broker.stop()
