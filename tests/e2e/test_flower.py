@@ -158,6 +158,10 @@ def test_up_starts_flower_behind_its_login_and_prints_its_port(tmp_path: Path) -
         up.send_signal(signal.SIGINT)
         assert up.wait(timeout=60) == 0
     finally:
-        if up.poll() is None:
-            up.kill()
+        if up.poll() is None:  # a failed check: stop it as Ctrl-C would, so its broker goes too
+            up.send_signal(signal.SIGINT)
+            try:
+                up.wait(timeout=60)
+            except subprocess.TimeoutExpired:
+                up.kill()
     assert PASSWORD not in (tmp_path / "data" / "logs" / "flower.log").read_text()
