@@ -7,7 +7,9 @@
 One embedded Valkey (or --broker-url), one `celery worker` subprocess that consumes both the
 no-op queue and the server-everything queue, so the baseline and `call_tool` run on the very
 same pool, concurrency, prefetch and acknowledgement settings. Also a direct MCP session to the
-same server (server-everything `echo` over stdio), in this process; and the memory of that
+same server (server-everything `echo` over stdio), in this process; the same echo calls through
+`call_tools` (`batch_per_s`, 100 calls a message), against that direct session
+(`batch_vs_direct`); and the memory of that
 worker against a bare Celery worker (a one-task app, the same pool). The last line printed is
 one JSON object.
 """
@@ -61,6 +63,23 @@ def sequential_ms(submit: Any, n: int) -> list[float]:
         submit().get(timeout=30)
         out.append((time.perf_counter() - t0) * 1000)
     return out
+
+
+def batch_per_s(n: int) -> float:
+    """`n` echo calls through `call_tools` (100 calls a message), all in flight."""
+    from tasks import call_tools
+
+    calls = [{"server": "everything", "tool": "echo", "arguments": {"message": "hi"}}] * n
+    t0 = time.perf_counter()
+    call_tools(calls).get(timeout=300, propagate=True)
+    return n / (time.perf_counter() - t0)
+
+
+def warm_up(*submits: Any) -> None:
+    for submit in submits:
+        sequential_ms(submit, 100)
+        throughput_per_s(submit, 200)
+    batch_per_s(200)
 
 
 def throughput_per_s(submit: Any, n: int) -> float:
@@ -163,10 +182,10 @@ def main() -> None:
             return call_tool.delay("everything", "echo", {"message": "hi"})
 
         echo().get(timeout=60)  # the session is up
-        for submit in (noop, echo):
-            sequential_ms(submit, 100)
-            throughput_per_s(submit, 200)
-        figures: dict[str, list[float]] = {k: [] for k in ("noop_seq", "call_seq", "noop_tp", "call_tp")}
+        warm_up(noop, echo)
+        figures: dict[str, list[float]] = {
+            k: [] for k in ("noop_seq", "call_seq", "noop_tp", "call_tp", "batch_tp")
+        }
         for r in range(rounds):
             print(f"round {r + 1}/{rounds}: sequential ({n_seq} calls each)...", file=sys.stderr)
             figures["noop_seq"] += sequential_ms(noop, n_seq)
@@ -174,6 +193,7 @@ def main() -> None:
             print(f"round {r + 1}/{rounds}: throughput ({n_tp} calls in flight each)...", file=sys.stderr)
             figures["noop_tp"].append(throughput_per_s(noop, n_tp))
             figures["call_tp"].append(throughput_per_s(echo, n_tp))
+            figures["batch_tp"].append(batch_per_s(n_tp))
         print(f"slow tool: {n_slow} calls of a 100 ms tool, all in flight...", file=sys.stderr)
         slow_args = {"duration": 0.1, "steps": 1}
 
@@ -206,6 +226,8 @@ def main() -> None:
         "p50_overhead_ms": round(pct(figures["call_seq"], 50) - pct(figures["noop_seq"], 50), 3),
         "direct_mcp_p50_ms": round(pct(direct_lat, 50), 3),
         "direct_mcp_per_s": round(direct_tp, 1),
+        "batch_per_s": round(statistics.median(figures["batch_tp"]), 1),
+        "batch_vs_direct": round(statistics.median(figures["batch_tp"]) / direct_tp, 3),
         "call_tool_100ms_tool_per_s": round(slow_per_s, 1),
         "rss_mb_worker": round(rss_worker, 1),  # the Celery process, its MCP servers aside
         "rss_mb_celery_worker": round(rss_bare, 1),

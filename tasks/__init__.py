@@ -7,6 +7,7 @@ call_tool.delay("time", "get_current_time", {"timezone": "UTC"}).get(timeout=10)
 from tasks.agents import run_agent
 from tasks.api import call_tool, cancel_call, health_check, list_tools, ping
 from tasks.app import app
+from tasks.batch import call_tools
 from tasks.contracts import ToolInfo, ToolResult
 from tasks.requests import complete, get_prompt, list_prompts, list_resources, read_resource
 
@@ -15,6 +16,7 @@ __all__ = [
     "ToolResult",
     "app",
     "call_tool",
+    "call_tools",
     "cancel_call",
     "complete",
     "get_prompt",

@@ -207,12 +207,11 @@ def _check_options(bound: dict[str, Any], options: dict[str, Any]) -> None:
         if options.get("eta") is not None:
             delay = max(0.0, (_as_utc(options["eta"]) - datetime.now(UTC)).total_seconds())
         options["expires"] = delay + default_s
-    for key in ("progress", "retry_interrupted"):
-        if not bound[key]:
-            bound.pop(key)  # the defaults: kept off the message (and off Flower's kwargs)
-    for key in ("timeout_s", "project_id", "idempotency_key"):
+    if not bound["progress"]:
+        bound.pop("progress")  # the defaults: kept off the message (and off Flower's kwargs)
+    for key in ("timeout_s", "project_id", "idempotency_key", "retry_interrupted"):
         if bound.get(key) is None:
-            bound.pop(key, None)
+            bound.pop(key, None)  # (retry_interrupted=False is no default: it is kept)
 
 
 def _check_project(bound: dict[str, Any], config: Any) -> None:
@@ -366,14 +365,22 @@ def call_tool(
     except LostClaim as exc:
         raise Ignore(str(exc)) from exc
     attempts += self.request.retries
+    duration_ms = round((time.perf_counter() - started) * 1000, 3)
+    return tool_result(server, tool, raw, str(self.request.hostname or ""), duration_ms, attempts)
+
+
+def tool_result(
+    server: str, tool: str, raw: dict[str, Any], worker: str, duration_ms: float, attempts: int
+) -> ToolResult:
+    """What a call returns: the MCP result (wire JSON) and where and how long it ran."""
     return ToolResult(
         server=server,
         tool=tool,
         content=list(raw.get("content") or []),
         structured_content=raw.get("structuredContent"),
         is_error=bool(raw.get("isError", False)),
-        worker=str(self.request.hostname or ""),
-        duration_ms=round((time.perf_counter() - started) * 1000, 3),
+        worker=worker,
+        duration_ms=duration_ms,
         attempts=attempts,
     )
 

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from collections.abc import Callable
-from typing import Any, NotRequired, Protocol, TypedDict
+from typing import Any, NamedTuple, NotRequired, Protocol, TypedDict
 
 
 class ToolResult(TypedDict):
@@ -32,6 +32,17 @@ class ToolInfo(TypedDict):
 
 ProgressFn = Callable[[float, float | None, str | None], None]
 """A progress listener: (progress, total or None, message or None)."""
+
+
+class BatchCall(NamedTuple):
+    """One call of a batch (tasks/batch.py), as `ToolExecutor.call_many` runs it."""
+
+    tool: str
+    arguments: dict[str, Any]
+    timeout_s: float | None
+    meta: dict[str, Any]
+    rerun: bool
+    still_owner: Callable[[], bool] | None
 
 
 class ToolExecutor(Protocol):
@@ -63,6 +74,14 @@ class ToolExecutor(Protocol):
         crashed under is run once more on its new session. `project`: the session of a
         per-project server to use (required for those).
         """
+        ...
+
+    def call_many(
+        self, server: str, calls: list[BatchCall], *, project: str | None = None
+    ) -> list[tuple[dict[str, Any], int, float] | BaseException]:
+        """Every call at once on the server's session (one hand-off to the worker's loop); for
+        each, in order, `call_tool`'s (result, attempts) and the call's milliseconds, or the
+        exception `call_tool` would raise."""
         ...
 
     def list_tools(self, server: str) -> list[ToolInfo]: ...

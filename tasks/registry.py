@@ -28,6 +28,14 @@ def expiry_s(interval_s: float) -> float:
     return 2 * interval_s + 1.0
 
 
+def lease_s(interval_s: float) -> float:
+    """How old a worker's heartbeat lease (tasks/delivery/identity.py) may be before it asks the
+    store, right before each call, whether the call is still its own: a whole beat less than the
+    entry's expiry (3 s at 2 s beats), so that nobody can have declared it dead yet. Younger
+    leases are the common case and cost no round trip."""
+    return expiry_s(interval_s) - interval_s
+
+
 @dataclass(frozen=True)
 class ServerHealth:
     state: str

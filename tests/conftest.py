@@ -93,6 +93,21 @@ os.environ["AGENTFUL_CONFIG"] = str(DATA_DIR / "config.json")
 os.environ["AGENTFUL_BROKER_URL"] = f"redis://127.0.0.1:{BROKER_PORT}/0"
 
 
+@pytest.fixture
+def published() -> Iterator[list[str]]:
+    """The names of tasks this process publishes during the test."""
+    from celery.signals import before_task_publish
+
+    seen: list[str] = []
+
+    def record(sender: Any = None, **_: Any) -> None:
+        seen.append(str(sender))
+
+    before_task_publish.connect(record, weak=False)
+    yield seen
+    before_task_publish.disconnect(record)
+
+
 @pytest.fixture(scope="session")
 def broker() -> Iterator[str]:
     """The embedded Valkey every test in this process talks to."""

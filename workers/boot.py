@@ -31,7 +31,7 @@ from tasks.api import catalog_store
 from tasks.app import app
 from tasks.contracts import set_executor_factory
 from tasks.policy.scaling import CallWindow
-from tasks.registry import ServerHealth, worker_queue
+from tasks.registry import ServerHealth, lease_s, worker_queue
 from tasks.routing import AGENT_SERVER, server_queue
 from tasks.settings import get_config, get_settings
 from workers import control, lifecycle
@@ -66,7 +66,7 @@ def get_hub() -> SessionHub:
                 store=catalog_store(),
                 worker=_node_name or f"{socket.gethostname()}:{os.getpid()}",
                 on_breaker=_on_breaker,
-                lease_s=settings.heartbeat_s,
+                lease_s=lease_s(settings.heartbeat_s),
                 workspaces=_workspaces(settings, config),
             )
             _hub.start()

@@ -86,6 +86,7 @@ class Heartbeat:
             incarnation=incarnation or "",
         )
         ttl = expiry_s(self.interval_s)
+        sent_at = time.monotonic()
         try:
             now = self.registry.publish(beat, ttl_s=ttl, incarnation=incarnation)
         except Fenced:
@@ -95,7 +96,7 @@ class Heartbeat:
             beat = replace(beat, incarnation=new)
             now = self.registry.publish(beat, ttl_s=ttl, incarnation=new)
         self._server_now = (now, time.monotonic())
-        identity.renew_lease()
+        identity.renew_lease(sent_at)
         return beat
 
     def server_now(self) -> float | None:

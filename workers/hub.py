@@ -22,12 +22,13 @@ from celery.exceptions import TaskRevokedError
 
 from tasks.catalog import CatalogStore, ServerTools
 from tasks.config_file import ConfigFile, ServerSpec
-from tasks.contracts import ProgressFn, ToolInfo
+from tasks.contracts import BatchCall, ProgressFn, ToolInfo
 from tasks.errors import ConfigError, ToolTimeoutError, UnknownServerError
 from tasks.policy.breaker import BreakerPolicy, BreakerStatus
 from tasks.policy.health import HealthPolicy
 from tasks.registry import ServerHealth
 from tasks.telemetry.calls import observe_call
+from tasks.telemetry.context import CallContext
 from workers import requests
 from workers.agents import AgentRunner
 from workers.project_sessions import ProjectSessions
@@ -221,10 +222,46 @@ class SessionHub:
                 observed.done(out[0])
                 return out
         finally:
-            if held is not None and self.projects is not None:
-                self.projects.release(server, held)
-                if self.workspaces is not None:
-                    self.workspaces.touched(held)
+            self._release(server, held)
+
+    def call_many(
+        self, server: str, calls: list[BatchCall], *, project: str | None = None
+    ) -> list[tuple[dict[str, Any], int, float] | BaseException]:
+        session = self._session(server, project)
+        held = project if self._per_project(server) else None
+        captured = CallContext.capture()
+
+        async def one(call: BatchCall) -> tuple[dict[str, Any], int, float]:
+            started = time.perf_counter()
+            with observe_call(server, call.tool, call.meta) as observed:
+                result, attempts = await session.call(
+                    call.tool,
+                    call.arguments,
+                    timeout_s=call.timeout_s,
+                    meta=observed.meta,
+                    rerun=call.rerun,
+                    still_owner=call.still_owner,
+                )
+                out = wire(result)
+                observed.done(out)
+                return out, attempts, round((time.perf_counter() - started) * 1000, 3)
+
+        async def run_all() -> list[tuple[dict[str, Any], int, float] | BaseException]:
+            captured.apply()  # the batch task's trace id and log fields, for every call
+            return await asyncio.gather(*(one(c) for c in calls), return_exceptions=True)
+
+        try:
+            longest = max((c.timeout_s or session.spec.call_timeout_s for c in calls), default=0.0)
+            return self._run(run_all(), 2 * longest + session.spec.start_timeout_s + _WAIT_MARGIN_S)
+        finally:
+            self._release(server, held)
+
+    def _release(self, server: str, held: str | None) -> None:
+        """A per-project session held by a call (or a batch) is given back; its workspace touched."""
+        if held is not None and self.projects is not None:
+            self.projects.release(server, held)
+            if self.workspaces is not None:
+                self.workspaces.touched(held)
 
     def _run_watched(
         self,

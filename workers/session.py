@@ -113,7 +113,7 @@ class ServerSession:
         self._wake: anyio.Event | None = None
         self._changed: anyio.Event | None = None
         self._auth: httpx2.Auth | None = None
-        self.lease_s = 2.0  # heartbeat_s: a lease older than one beat is checked before a call
+        self.lease_s = 3.0  # workers/boot.py lease_s(): a lease older than this is checked before a call
         self.losses = 0  # connections lost so far (a crash, a dropped HTTP server)
         self._counted_loss = -1  # the loss the breaker last counted
 

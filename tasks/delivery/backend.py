@@ -57,13 +57,37 @@ class FencedRedisBackend(RedisBackend):  # type: ignore[misc]
         )
         return result
 
-    def _fenced_set(self, key: str, value: Any, expires: int | None, claim: Claim, after: str) -> bool:
+    def store_many(self, entries: list[tuple[str, Any, str, Any]]) -> list[bool]:
+        """Each (task id, result, state, request with its claim) stored as `store_result` would
+        store it under its claim, in one round trip: the results of a batch (tasks/batch.py).
+        True where stored; False where the claim was no longer the request's."""
+        script = self._store()
+        pipe = self.client.pipeline(transaction=False)
+        for task_id, result, state, request in entries:
+            claim: Claim = request.agentful_claim
+            encoded = self.encode_result(result, state)
+            meta = self._get_result_meta(result=encoded, state=state, traceback=None, request=request)
+            meta["task_id"] = bytes_to_str(task_id)
+            expires = self.failure_expires if state == states.FAILURE else self.expires
+            script(**_store_args(self.get_key_for_task(task_id), self.encode(meta), expires, claim,
+                                 claim_state_after(state)), client=pipe)  # fmt: skip
+        return [bool(r) for r in pipe.execute()]
+
+    def _store(self) -> Any:
         script = self.__dict__.get("_store_script")
         if script is None:
             script = self.__dict__["_store_script"] = self.client.register_script(scripts.STORE)
-        ms = int(expires * 1000) if expires else 0
-        stored = script(
-            keys=[key, keys.claim(claim.task_id), keys.fenced(claim.incarnation)],
-            args=[value, ms, claim.token, after],
-        )
-        return bool(stored)
+        return script
+
+    def _fenced_set(self, key: str, value: Any, expires: int | None, claim: Claim, after: str) -> bool:
+        return bool(self._store()(**_store_args(key, value, expires, claim, after)))
+
+
+def _store_args(
+    key: str, value: Any, expires: float | None, claim: Claim, after: str
+) -> dict[str, list[Any]]:
+    ms = int(expires * 1000) if expires else 0
+    return {
+        "keys": [key, keys.claim(claim.task_id), keys.fenced(claim.incarnation)],
+        "args": [value, ms, claim.token, after],
+    }

@@ -68,22 +68,32 @@ class ClaimStore:
     ) -> tuple[Verdict, Claim | None, str | None]:
         """(verdict, the claim if owned, the owner if another holds it). `nonce`: the same for
         every try of one take (tries after a lost reply find the claim their own)."""
-        reply: Any = self._claim(
-            keys=[
+        keys_, args = self._take_args(task_id, incarnation, nonce)
+        reply: Any = self._claim(keys=keys_, args=args)
+        return _verdict(task_id, incarnation, reply)
+
+    def take_many(
+        self, task_ids: list[str], incarnation: str, nonce: str
+    ) -> list[tuple[Verdict, Claim | None, str | None]]:
+        """`take` of each call of a batch, in one round trip (a pipeline of the same script)."""
+        pipe = self.client.pipeline(transaction=False)
+        for task_id in task_ids:
+            keys_, args = self._take_args(task_id, incarnation, nonce)
+            self._claim(keys=keys_, args=args, client=pipe)
+        replies = pipe.execute()
+        return [_verdict(t, incarnation, r) for t, r in zip(task_ids, replies, strict=True)]
+
+    def _take_args(self, task_id: str, incarnation: str, nonce: str) -> tuple[list[Any], list[Any]]:
+        return (
+            [
                 keys.claim(task_id),
                 keys.fenced(incarnation),
                 keys.FENCE_COUNTER,
                 keys.INCARNATIONS,
                 self.result_prefix + task_id,
             ],
-            args=[incarnation, task_id, self.ttl_ms, keys.FENCED, nonce or uuid.uuid4().hex],
+            [incarnation, task_id, self.ttl_ms, keys.FENCED, nonce or uuid.uuid4().hex],
         )
-        verdict = _text(reply[0])
-        if verdict == "own":
-            return "own", Claim(task_id, incarnation, _text(reply[1]), int(_text(reply[2]))), None
-        if verdict in ("wait", "done"):
-            return verdict, None, _text(reply[1])  # type: ignore[return-value]
-        return "fenced", None, None
 
     def owns(self, claim: Claim) -> bool:
         """Whether `claim` is still the call's claim and its incarnation not fenced."""
@@ -111,6 +121,15 @@ def fence(client: redis.Redis, incarnation: str) -> None:
 
 def is_fenced(client: redis.Redis, incarnation: str) -> bool:
     return bool(client.exists(keys.fenced(incarnation)))
+
+
+def _verdict(task_id: str, incarnation: str, reply: Any) -> tuple[Verdict, Claim | None, str | None]:
+    verdict = _text(reply[0])
+    if verdict == "own":
+        return "own", Claim(task_id, incarnation, _text(reply[1]), int(_text(reply[2]))), None
+    if verdict in ("wait", "done"):
+        return verdict, None, _text(reply[1])  # type: ignore[return-value]
+    return "fenced", None, None
 
 
 def _text(value: Any) -> str:

@@ -90,9 +90,11 @@ def rotate(fenced: str) -> str:
     return incarnation
 
 
-def renew_lease() -> None:
-    """The registry accepted a heartbeat of this incarnation just now."""
-    _shared[_SIZE : _SIZE + _LEASE.size] = _LEASE.pack(time.monotonic())
+def renew_lease(sent_at: float | None = None) -> None:
+    """The registry accepted a heartbeat of this incarnation, sent at `sent_at` (monotonic;
+    default now). Stamped with when it was sent, not when the reply came, the lease's age is
+    never less than the time since the registry entry was written."""
+    _shared[_SIZE : _SIZE + _LEASE.size] = _LEASE.pack(time.monotonic() if sent_at is None else sent_at)
 
 
 def lease_age_s() -> float:

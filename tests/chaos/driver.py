@@ -1,12 +1,14 @@
 """A user's program for the chaos tier: submit a batch with `.delay()`, then wait for every result.
 
     python -m tests.chaos.driver --out FILE --calls N [--seconds S] [--projects P] [--prefix X]
-                                 [--timeout T] [--no-idempotency]
+                                 [--timeout T] [--no-idempotency] [--batch B]
 
 It reads the broker, backend and config from the environment, as any program using agentful
 does. Each call is `ledger.record(key=<prefix>-<i>)` with `idempotency_key` = the key and
 `project_id` = one of P projects. A call `.delay()` refused (BrokerUnavailableError) is not
-accepted, and so cannot be lost. It writes FILE + ".submitted" once every call is submitted,
+accepted, and so cannot be lost. With `--batch B` the calls go in batches of B through
+`tasks.call_tools` (a refused batch: all of its calls refused). It writes FILE + ".submitted"
+once every call is submitted,
 then polls the result backend (surviving a broker restart) until every accepted call has a
 final state or the timeout passes, and writes FILE: one JSON object, key -> outcome.
 """
@@ -34,30 +36,51 @@ def _args() -> argparse.Namespace:
     p.add_argument("--prefix", default="c")
     p.add_argument("--timeout", type=float, default=120.0)
     p.add_argument("--no-idempotency", action="store_true")
+    p.add_argument("--batch", type=int, default=0, help="submit through call_tools, B calls a batch")
     return p.parse_args()
+
+
+def _call(args: argparse.Namespace, i: int) -> dict[str, Any]:
+    key = f"{args.prefix}-{i}"
+    call = {
+        "server": "ledger",
+        "tool": "record",
+        "arguments": {"key": key, "seconds": args.seconds},
+        "idempotency_key": None if args.no_idempotency else key,
+        "project_id": f"p{i % args.projects}" if args.projects else None,
+    }
+    return {k: v for k, v in call.items() if v is not None}
+
+
+def submit(args: argparse.Namespace) -> tuple[dict[str, str], dict[str, str]]:
+    """(key -> task id of the accepted calls, key -> why of the refused ones)."""
+    from tasks import call_tool, call_tools
+    from tasks.errors import BrokerUnavailableError
+
+    accepted: dict[str, str] = {}
+    refused: dict[str, str] = {}
+    step = max(1, args.batch)
+    for first in range(0, args.calls, step):
+        batch = [_call(args, i) for i in range(first, min(args.calls, first + step))]
+        keys = [c["arguments"]["key"] for c in batch]
+        try:
+            if args.batch:
+                ids = [r.id for r in call_tools(batch).results]
+            else:
+                ids = [call_tool.delay(c.pop("server"), c.pop("tool"), c.pop("arguments"), **c).id
+                       for c in batch]  # fmt: skip
+            accepted.update(zip(keys, ids, strict=True))
+        except BrokerUnavailableError as exc:
+            refused.update((k, str(exc)) for k in keys)
+    return accepted, refused
 
 
 def main() -> None:
     args = _args()
-    from tasks import app, call_tool
-    from tasks.errors import BrokerUnavailableError
+    from tasks import app
 
-    accepted: dict[str, str] = {}  # key -> task id
-    refused: dict[str, str] = {}
     submitted_at = time.time()
-    for i in range(args.calls):
-        key = f"{args.prefix}-{i}"
-        try:
-            r = call_tool.delay(
-                "ledger",
-                "record",
-                {"key": key, "seconds": args.seconds},
-                idempotency_key=None if args.no_idempotency else key,
-                project_id=f"p{i % args.projects}" if args.projects else None,
-            )
-            accepted[key] = r.id
-        except BrokerUnavailableError as exc:
-            refused[key] = str(exc)
+    accepted, refused = submit(args)
     (args.out.parent / (args.out.name + ".submitted")).write_text(
         json.dumps({"accepted": len(accepted), "refused": len(refused), "t": submitted_at})
     )

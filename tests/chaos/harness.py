@@ -381,7 +381,7 @@ class Driver:
 
     def __init__(self, cluster: ChaosCluster, calls: int, *, seconds: float, prefix: str, timeout_s: float,
                  projects: int = 20, idempotency: bool = True, env: dict[str, str] | None = None,
-                 wrap: Callable[[list[str]], list[str]] | None = None) -> None:  # fmt: skip
+                 wrap: Callable[[list[str]], list[str]] | None = None, batch: int = 0) -> None:  # fmt: skip
         """`env`: the driver's environment (default the cluster's); `wrap`: how to run its command
         elsewhere (on another host of tests/hosts)."""
         self.cluster = cluster
@@ -394,6 +394,7 @@ class Driver:
             "--seconds", str(seconds), "--prefix", prefix, "--timeout", str(timeout_s),
             "--projects", str(projects),
         ] + ([] if idempotency else ["--no-idempotency"])  # fmt: skip
+        self.args += ["--batch", str(batch)] if batch else []
         self.proc: subprocess.Popen[bytes] | None = None
         self.timeout_s = timeout_s
 
@@ -440,9 +441,11 @@ def run_scenario(
     pause_s: float = 25.0,
     down_s: float = 3.0,
     timeout_s: float = 180.0,
+    batch: int = 0,
 ) -> Run:
-    """Start the batch, fault at one third of the executions, wait for every result, count."""
-    driver = cluster.drive(calls, seconds=seconds, timeout_s=timeout_s)
+    """Start the batch, fault at one third of the executions, wait for every result, count.
+    `batch`: the calls go through `call_tools`, this many a message."""
+    driver = cluster.drive(calls, seconds=seconds, timeout_s=timeout_s, batch=batch)
     assert driver.wait_submitted(), "the driver did not submit"
     cluster.wait_executions(calls // 3)
     faulted = scenario in ("sigkill", "pause", "server_kill", "warm_stop")

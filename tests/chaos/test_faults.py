@@ -10,6 +10,7 @@ docs/reliability.md names (a call its owner had sent to the MCP server when it d
 from __future__ import annotations
 
 from pathlib import Path
+from typing import Any
 
 import pytest
 
@@ -22,7 +23,7 @@ CALLS = 240
 SECONDS = 0.3
 
 
-def run(tmp: Path, kind: str, scenario: str, backends: list[RedisProcess], **kw: float) -> Run:
+def run(tmp: Path, kind: str, scenario: str, backends: list[RedisProcess], **kw: Any) -> Run:
     broker, backend = broker_for(kind, tmp)
     broker.start()
     if backend is not None:
@@ -101,3 +102,18 @@ def test_a_warm_stop_under_a_backlog_ends_and_hands_everything_back(
         result.stop_s,
     )
     assert result.outcome.in_window == 0
+
+
+@pytest.mark.parametrize("scenario", ["sigkill", "pause"])
+def test_batched_calls_lose_nothing_and_run_once_through_a_fault(
+    scenario: str, tmp_path: Path, backends: list[RedisProcess]
+) -> None:
+    """The same batch submitted through `call_tools`, 20 calls a message: a worker SIGKILLed or
+    paused past its expiry while it holds whole batches; every call still runs once (outside the
+    in-flight window: a worker runs all the calls of the batches it holds at once, so more of
+    them are inside it than with single calls) and all are done within 15 s."""
+    kw: dict[str, Any] = {"pause_s": 8.0} if scenario == "pause" else {}
+    result = run(tmp_path, "valkey", scenario, backends, batch=20, **kw)
+    assert result.outcome.recovery_s <= 15.0, f"done only after {result.outcome.recovery_s:.1f} s"
+    if scenario == "pause":
+        assert all(result.survivors), result.survivors

@@ -10,6 +10,7 @@ from pathlib import Path
 
 import pytest
 
+from tasks.registry import lease_s
 from tasks.settings import Settings
 from tests.chaos.harness import analyse, read_ledger, runs_of
 from tests.hosts.cluster import GATEWAY_PORT, HostCluster
@@ -99,10 +100,11 @@ def test_a_partitioned_worker_host_loses_nothing_and_runs_nothing_it_no_longer_o
             ledger = read_ledger(Path(str(cluster.ledger) + ".jsonl"))
             # Cut off, w1 cannot tell yet: its last beat was accepted at most one beat before the
             # cut, and it sends what it had claimed, without asking, while that lease is younger
-            # than one beat (docs/reliability.md); after that it asks the store, which it cannot
-            # reach, and sends nothing. So what its servers began up to a beat after the cut was
-            # sent before its lease ran out, plus the second a loaded server takes to begin it.
-            sent_before = fault_at + HEARTBEAT_S + SERVER_START_S
+            # than lease_s (a beat and a second, docs/reliability.md); after that it asks the
+            # store, which it cannot reach, and sends nothing. So what its servers began up to
+            # lease_s after the cut was sent before its lease ran out, plus the second a loaded
+            # server takes to begin it.
+            sent_before = fault_at + lease_s(HEARTBEAT_S) + SERVER_START_S
             o = analyse(ledger, outcome, fault_at, victims, "worker@w1", sent_before)
             assert o.accepted == 240 and o.lost == 0, (o.lost_keys, o.states)
             assert o.duplicated == 0, runs_of(ledger, o.duplicated_keys, fault_at, victims)

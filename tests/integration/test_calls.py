@@ -4,29 +4,14 @@ from __future__ import annotations
 
 import threading
 import time
-from collections.abc import Iterator
 from typing import Any
 
 import psutil
 import pytest
-from celery.signals import before_task_publish
 
 from tests.conftest import HAS_NODE, REPO, need
 
 pytestmark = pytest.mark.integration
-
-
-@pytest.fixture
-def published() -> Iterator[list[str]]:
-    """The names of tasks this process publishes during the test."""
-    seen: list[str] = []
-
-    def record(sender: Any = None, **_: Any) -> None:
-        seen.append(str(sender))
-
-    before_task_publish.connect(record, weak=False)
-    yield seen
-    before_task_publish.disconnect(record)
 
 
 def test_call_returns_the_tools_result(cluster: Any) -> None:

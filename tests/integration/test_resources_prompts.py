@@ -8,10 +8,8 @@ from __future__ import annotations
 
 import socket
 from collections.abc import Iterator
-from typing import Any
 
 import pytest
-from celery.signals import before_task_publish
 
 from tests.conftest import DATA_DIR, HAS_NODE, need
 
@@ -32,18 +30,6 @@ def worker(broker: str) -> Iterator[str]:
         yield node
     finally:
         proc.stop()
-
-
-@pytest.fixture
-def published() -> Iterator[list[str]]:
-    seen: list[str] = []
-
-    def record(sender: Any = None, **_: Any) -> None:
-        seen.append(str(sender))
-
-    before_task_publish.connect(record, weak=False)
-    yield seen
-    before_task_publish.disconnect(record)
 
 
 def test_resources_are_listed_and_read(worker: str) -> None:

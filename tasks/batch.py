@@ -1,0 +1,362 @@
+"""Batched calls: many tool calls in one message, run at once on a worker's live session.
+
+    from tasks import call_tools
+    batch = call_tools([
+        {"server": "everything", "tool": "echo", "arguments": {"message": "a"}},
+        {"server": "everything", "tool": "echo", "arguments": {"message": "b"}, "idempotency_key": "b-1"},
+    ])
+    batch.get(timeout=30)        # [ToolResult, ToolResult], in the order of the calls
+    batch.results[1].id          # every call keeps its own task id, result, error and retry
+
+Every call is checked as `call_tool.delay` checks it, all of them before anything is queued: a
+bad call raises, naming its index, and nothing is queued. Each call is routed as a single call
+would be; the calls of one server that land on one queue travel as one `agentful.call_batch`
+message of at most `MAX_BATCH` calls. On the worker each call keeps what makes a single call
+safe: its own claim (the batch takes them in one round trip), its own result stored under that
+claim (in one round trip), its idempotency key, and its own retry: a call that fails transiently
+goes back to the queue alone, as a `call_tool` with the same task id. A batch whose worker dies
+is redelivered like a call; the calls that finished are not run again, and a call another worker
+still runs is handed on as a `call_tool` copy, which waits for that owner's result.
+
+Why a task of our own and not Celery's `group`: a group is one message per call, which is what
+costs the time (docs/performance.md); a chunks/starmap task runs its calls one after another.
+"""
+
+from __future__ import annotations
+
+import logging
+import random
+import uuid
+from collections.abc import Callable, Iterable, Mapping
+from datetime import UTC, datetime
+from typing import Any
+
+from celery import Task, states
+from celery.app.task import Context
+from celery.exceptions import Ignore
+from celery.result import AsyncResult, ResultSet
+from celery.signals import task_revoked
+
+from tasks.api import (
+    CheckedTask,
+    _bind_call,
+    _catalog_for,
+    _check_options,
+    _check_project,
+    _stored_state,
+    call_tool,
+    claims_store,
+    idempotent_task_id,
+    require_broker,
+    tool_result,
+)
+from tasks.app import app
+from tasks.contracts import BatchCall, get_executor
+from tasks.delivery import identity
+from tasks.delivery.claims import Claim, LostClaim
+from tasks.delivery.owner import patiently
+from tasks.errors import (
+    AgentfulError,
+    BrokerUnavailableError,
+    CircuitOpenError,
+    InvalidOptionError,
+    ServerCrashedError,
+    ToolTimeoutError,
+    TransientError,
+)
+from tasks.policy.backoff import RetryPolicy
+from tasks.routing import route_task, server_queue
+from tasks.settings import get_config, get_settings
+from tasks.taskrepr import call_repr, kwargs_repr
+from tasks.validation import check_arguments_shape, check_publish_options, check_timeout
+
+log = logging.getLogger(__name__)
+MAX_BATCH = 100  # calls in one message: bounds its size and what one worker's death delays
+_CALL_KEYS = frozenset(
+    ("server", "tool", "arguments", "project_id", "timeout_s", "idempotency_key", "retry_interrupted")
+)
+_jitter = random.Random()
+
+
+def call_tools(
+    calls: Iterable[Mapping[str, Any]],
+    *,
+    project_id: str | None = None,
+    timeout_s: float | None = None,
+    retry_interrupted: bool | None = None,
+    expires: float | None = None,
+) -> ResultSet:
+    """Queue many calls at once; a ResultSet of their AsyncResults, in order.
+
+    Each call is a mapping with `server`, `tool`, `arguments` and, optionally, the keywords of
+    `call_tool` (`project_id`, `timeout_s`, `idempotency_key`, `retry_interrupted`); the keywords
+    given here are defaults for every call. `progress` is not relayed for batched calls: use
+    `call_tool(progress=True)` for those. A call whose idempotency key already has a stored
+    result is not queued again: its result is the stored one.
+    """
+    require_broker()
+    config = get_config()
+    given = {"project_id": project_id, "timeout_s": timeout_s, "retry_interrupted": retry_interrupted}
+    defaults = {k: v for k, v in given.items() if v is not None}
+    prepared = [_prepare(i, call, defaults, config) for i, call in enumerate(calls)]
+    options: dict[str, Any] = {} if expires is None else {"expires": expires}
+    check_publish_options(options, now=datetime.now(UTC))
+    if options.get("expires") is None and get_settings().call_expires_s > 0:
+        options["expires"] = get_settings().call_expires_s
+    groups: dict[tuple[str, str, str | None], dict[str, dict[str, Any]]] = {}
+    results = []
+    for item, queue, group_project in prepared:
+        result = call_tool.AsyncResult(item["id"])
+        results.append(result)
+        if item["kwargs"].get("idempotency_key") and _stored_state(result) == "SUCCESS":
+            continue
+        groups.setdefault((queue, item.pop("server"), group_project), {})[item["id"]] = item
+    sent = 0
+    for (queue, server, group_project), items in groups.items():
+        batch = list(items.values())
+        for start in range(0, len(batch), MAX_BATCH):
+            chunk = batch[start : start + MAX_BATCH]
+            try:
+                _publish(server, chunk, group_project, queue, options)
+            except BrokerUnavailableError as exc:
+                raise BrokerUnavailableError(
+                    f"{exc}; {sent} of the batch's {len(prepared)} calls were queued before it"
+                ) from exc
+            sent += len(chunk)
+    return ResultSet(results)
+
+
+def _prepare(
+    index: int, call: Mapping[str, Any], defaults: dict[str, Any], config: Any
+) -> tuple[dict[str, Any], str, str | None]:
+    """One call checked as `call_tool.delay` checks it: (message item, its queue, the project
+    of its session when the server runs one per project)."""
+    try:
+        if not isinstance(call, Mapping):
+            raise TypeError(f"a call is a mapping with server, tool and arguments, not {type(call).__name__}")
+        if "progress" in call:
+            raise InvalidOptionError("batched calls do not relay progress: use call_tool(progress=True)")
+        unknown = sorted(set(call) - _CALL_KEYS, key=str)
+        if unknown:
+            raise TypeError(f"unknown key {unknown[0]!r}; a call takes: {', '.join(sorted(_CALL_KEYS))}")
+        bound = _bind_call((), {**defaults, **call})
+        _check_options(bound, {})
+        _check_project(bound, config)
+        server, tool = bound.pop("server"), bound.pop("tool")
+        arguments = bound.pop("arguments")
+        arguments = _checked_arguments(server, tool, arguments, config)
+    except (AgentfulError, TypeError, ValueError) as exc:
+        raise _at(index, exc) from exc
+    key = bound.get("idempotency_key")
+    task_id = idempotent_task_id(str(key)) if key else str(uuid.uuid4())
+    queue = route_task("agentful.call_tool", (server, tool, arguments), bound, {})["queue"]
+    spec = config.servers.get(server)
+    group_project = bound.get("project_id") if spec is not None and spec.per_project else None
+    item = {"id": task_id, "server": server, "tool": tool, "arguments": arguments, "kwargs": bound}
+    return item, queue, group_project
+
+
+def _checked_arguments(server: str, tool: str, arguments: Any, config: Any) -> dict[str, Any]:
+    from tasks.validation import check_call
+
+    return check_call(
+        server,
+        tool,
+        arguments,
+        catalog=_catalog_for(server, tool),
+        configured=frozenset(config.servers),
+        max_bytes=config.mcp.server.max_request_bytes,
+    )
+
+
+def _at(index: int, exc: Exception) -> Exception:
+    """The same error, saying which call of the batch it is about."""
+    message = f"calls[{index}]: {exc}"
+    try:
+        return type(exc)(message)
+    except Exception:  # an exception class that takes other arguments
+        return InvalidOptionError(message)
+
+
+def _publish(
+    server: str, items: list[dict[str, Any]], project: str | None, queue: str, options: dict[str, Any]
+) -> None:
+    tools = sorted({str(i["tool"]) for i in items})
+    call_batch._publish(
+        (server, items),
+        {"project_id": project} if project else {},
+        None,
+        queue=queue,
+        argsrepr=f"{server}: {len(items)} calls ({', '.join(tools[:5])}{', ...' if len(tools) > 5 else ''})",
+        kwargsrepr=repr({"project_id": project}) if project else "{}",
+        **options,
+    )
+
+
+class BatchTask(CheckedTask):
+    def apply_async(self, *args: Any, **kwargs: Any) -> AsyncResult:
+        raise TypeError("agentful.call_batch is queued by tasks.call_tools([...]), which checks each call")
+
+
+@app.task(base=BatchTask, bind=True, name="agentful.call_batch", ignore_result=True)
+def call_batch(
+    self: Task, server: str, calls: list[dict[str, Any]], project_id: str | None = None
+) -> dict[str, int]:
+    """Run a batch's calls at once on this worker's session of `server` (see the module)."""
+    executor = get_executor()
+    max_bytes = get_config().mcp.server.max_request_bytes
+    items: list[dict[str, Any]] = []
+    calls = calls if isinstance(calls, list) else []
+    for raw in calls:
+        if not isinstance(raw, dict) or not isinstance(raw.get("id"), str) or not raw["id"]:
+            log.warning("batch %s: an item without a task id is skipped: %.200r", self.request.id, raw)
+            continue
+        try:  # checked at call_tools() already; again, cheaply, for a message that did not come through it
+            raw["arguments"] = check_arguments_shape(raw.get("arguments"), max_bytes=max_bytes)
+            kw = raw.get("kwargs")
+            kw = raw["kwargs"] = dict(kw) if isinstance(kw, dict) else {}
+            kw["timeout_s"] = check_timeout(kw.get("timeout_s"))
+            if not isinstance(raw.get("tool"), str):
+                raise InvalidOptionError("a batched call needs a tool name")
+        except AgentfulError as exc:
+            self.backend.store_result(raw["id"], exc, states.FAILURE)
+            continue
+        items.append(raw)
+    claims, incarnation = claims_store(), identity.current()
+    owned: list[tuple[dict[str, Any], Claim | None]] = []
+    handed_on = 0
+    if claims is None or incarnation is None:
+        owned = [(item, None) for item in items]
+    else:
+        nonce = uuid.uuid4().hex
+        ids = [item["id"] for item in items]
+        verdicts = patiently(lambda: claims.take_many(ids, incarnation, nonce), "claim the batch's calls")
+        for item, (verdict, claim, owner) in zip(items, verdicts, strict=True):
+            if verdict == "fenced":
+                raise Ignore(f"this worker incarnation ({incarnation}) was declared dead; batch moved on")
+            if verdict == "own":
+                owned.append((item, claim))
+            elif verdict == "wait":  # another worker runs it: a call_tool copy waits for its result
+                log.info("call %s (batched) runs on %s; handed on as a single call", item["id"], owner)
+                _requeue(server, item, countdown=None)
+                handed_on += 1
+    ran = _run(self, executor, server, owned, project_id, claims)
+    return {"calls": len(calls), "ran": ran, "handed_on": handed_on}
+
+
+def _run(
+    task: Task, executor: Any, server: str, owned: list[tuple[dict[str, Any], Claim | None]],
+    project: str | None, claims: Any,
+) -> int:  # fmt: skip
+    """The owned calls on the session at once; each one's result (or error, or retry) stored."""
+    if not owned:
+        return 0
+    batch = []
+    for item, claim in owned:
+        kw = item["kwargs"]
+        meta: dict[str, Any] = {
+            "agentful/idempotency_key": kw.get("idempotency_key") or item["id"],
+            "agentful/attempt": claim.attempt if claim is not None else 1,
+            "agentful/task_id": item["id"],
+        }
+        if kw.get("project_id"):
+            meta["agentful/project_id"] = kw["project_id"]
+        still_owner = _owner_check(claims, claim) if claim is not None else None
+        rerun = kw.get("retry_interrupted") is not False
+        batch.append(BatchCall(item["tool"], item["arguments"], kw["timeout_s"], meta, rerun, still_owner))
+    try:
+        outcomes: list[Any] = executor.call_many(server, batch, project=project)
+    except Exception as exc:  # no session here at all (not served, not ready in time): each call
+        outcomes = [exc] * len(owned)  # fails or retries alone, and its claim is freed or ended
+    worker = str(task.request.hostname or "")
+    stores: list[tuple[str, Any, str, Any]] = []
+    requeue: list[tuple[dict[str, Any], float, str | None]] = []
+    for (item, claim), outcome in zip(owned, outcomes, strict=True):
+        request = Context(
+            id=item["id"], task="agentful.call_tool", args=[server, item["tool"], item["arguments"]],
+            kwargs=item["kwargs"], hostname=task.request.hostname, retries=0,
+            delivery_info=task.request.delivery_info, agentful_claim=claim,
+        )  # fmt: skip
+        if isinstance(outcome, tuple):
+            raw, attempts, duration_ms = outcome
+            stores.append((item["id"], tool_result(server, item["tool"], raw, worker, duration_ms, attempts),
+                           states.SUCCESS, request))  # fmt: skip
+            continue
+        if isinstance(outcome, LostClaim):
+            continue  # declared dead meanwhile: the call's new owner stores its result
+        state, error, countdown = _failed(executor, server, item, outcome)
+        stores.append((item["id"], error, state, request))
+        if state == states.RETRY:
+            queue = server_queue(server) if isinstance(outcome, CircuitOpenError) else None
+            requeue.append((item, countdown, queue))
+    _store(task, stores)
+    for item, countdown, queue in requeue:  # after the RETRY freed each claim
+        _requeue(server, item, countdown=countdown, queue=queue, retries=1)
+    return len(owned)
+
+
+def _owner_check(claims: Any, claim: Claim) -> Callable[[], bool]:
+    return lambda: patiently(lambda: bool(claims.owns(claim)), "check the call's claim")
+
+
+def _failed(
+    executor: Any, server: str, item: dict[str, Any], exc: BaseException
+) -> tuple[str, BaseException, float]:
+    """What becomes of a call that raised: (RETRY, exc, countdown) or (FAILURE, error, 0)."""
+    again = item["kwargs"].get("retry_interrupted")
+    if isinstance(exc, ToolTimeoutError):
+        if not (again if again is not None else executor.rerun_safe(server, item["tool"])):
+            return states.FAILURE, ToolTimeoutError(
+                f"{exc}; not retried: it may still run or have taken effect (the tool is not marked "
+                "read-only or idempotent; pass retry_interrupted=True to retry it)"
+            ), 0.0  # fmt: skip
+    elif isinstance(exc, ServerCrashedError) and again is False:
+        return states.FAILURE, exc, 0.0
+    if isinstance(exc, TransientError):
+        policy = RetryPolicy.from_config(get_config().mcp.client.retry)
+        if policy.should_retry(1):
+            return states.RETRY, exc, policy.delay_s(1, _jitter)
+        return states.FAILURE, type(exc)(f"{exc} (gave up after 1 attempts)"), 0.0
+    if isinstance(exc, Exception):
+        return states.FAILURE, exc, 0.0
+    return states.FAILURE, RuntimeError(f"the call was interrupted: {exc!r}"), 0.0
+
+
+def _store(task: Task, entries: list[tuple[str, Any, str, Any]]) -> None:
+    """The results: those under a claim in one round trip, the rest as Celery stores them."""
+    store_many = getattr(task.backend, "store_many", None)
+    plain = entries
+    if store_many is not None:
+        claimed = [e for e in entries if e[3].agentful_claim is not None]
+        plain = [e for e in entries if e[3].agentful_claim is None]
+        if claimed:
+            patiently(lambda: store_many(claimed), "store the batch's results")
+    for task_id, result, state, request in plain:
+        task.backend.store_result(task_id, result, state, request=request)
+
+
+def _requeue(
+    server: str, item: dict[str, Any], *, countdown: float | None, queue: str | None = None, retries: int = 0
+) -> None:
+    """One call of the batch back on the queue alone, as the `call_tool` it is (same task id)."""
+    args = (server, item["tool"], item["arguments"])
+    kwargs = {k: v for k, v in item["kwargs"].items() if v is not None}
+    options: dict[str, Any] = {"argsrepr": call_repr(*args), "kwargsrepr": kwargs_repr(kwargs)}
+    options["retries"] = retries
+    if countdown:
+        options["countdown"] = countdown
+    if queue:
+        options["queue"] = queue
+    call_tool._publish(args, kwargs, item["id"], **options)
+
+
+@task_revoked.connect(sender=call_batch)
+def _revoke_calls(request: Any = None, expired: bool = False, **_: Any) -> None:
+    """A batch revoked or expired before it ran: each of its calls says so, as a single call
+    would (`.get()` raises TaskRevokedError) instead of waiting for a result never coming."""
+    args = list(getattr(request, "args", None) or ())
+    calls = args[1] if len(args) > 1 and isinstance(args[1], list) else []
+    reason = "expired before a worker took it" if expired else "its batch was revoked"
+    for item in calls:
+        if isinstance(item, dict) and isinstance(item.get("id"), str):
+            call_batch.backend.mark_as_revoked(item["id"], reason=reason)
