@@ -10,8 +10,10 @@ server-everything over Streamable HTTP and over stdio for the direct baselines. 
 the MCP SDK's `mcp.Client` in this process, one persistent connection each.
 
 Measured: sequential calls through the gateway (p50, p99), through direct HTTP and direct stdio
-(p50); then 8 concurrent callers through the gateway (calls/s). Last line: one JSON object with
-gateway_p50_ms, gateway_p99_ms, gateway_per_s, direct_http_p50_ms, direct_stdio_p50_ms, and more.
+(p50); then 8 concurrent callers through the gateway (calls/s), and the same through a second
+gateway with `coalesce: false` (one call_tool message a request, gateway/coalesce.py): the
+baseline of `coalesce_gain`. Last line: one JSON object with gateway_p50_ms, gateway_p99_ms,
+gateway_per_s, direct_http_p50_ms, direct_stdio_p50_ms, gateway_plain_per_s, coalesce_gain, and more.
 """
 
 from __future__ import annotations
@@ -209,20 +211,22 @@ def main() -> None:
             stderr=subprocess.DEVNULL,
         )
         procs.append(everything_http)
-        gw_port = int(config["gateway"]["port"])
-        with (data / "gateway.log").open("ab") as log:
-            gateway = subprocess.Popen(
-                [sys.executable, "-m", "gateway", "--config", str(data / "config.json")],
-                cwd=ROOT,
-                stdout=log,
-                stderr=subprocess.STDOUT,
-            )
-        procs.append(gateway)
+        # The same gateway twice: as configured (coalescing on, the default) and with
+        # `coalesce: false`, one call_tool message a request: the baseline in the same run.
+        plain = {**config, "gateway": {**config["gateway"], "port": free_port(), "coalesce": False}}
+        (data / "config-plain.json").write_text(json.dumps(plain))
+        bases = []
+        for name, cfg in (("config", config), ("config-plain", plain)):
+            with (data / f"gateway-{name}.log").open("ab") as log:
+                procs.append(subprocess.Popen(
+                    [sys.executable, "-m", "gateway", "--config", str(data / f"{name}.json")],
+                    cwd=ROOT, stdout=log, stderr=subprocess.STDOUT,
+                ))  # fmt: skip
+            wait_port(int(cfg["gateway"]["port"]), procs[-1], name)
+            bases.append(f"http://127.0.0.1:{cfg['gateway']['port']}")
         wait_port(http_port, everything_http, "server-everything HTTP")
-        wait_port(gw_port, gateway, "the gateway")
-        base = f"http://127.0.0.1:{gw_port}"
 
-        def gateway_ready() -> bool:
+        def gateway_ready(base: str) -> bool:
             import httpx2
 
             try:
@@ -230,10 +234,13 @@ def main() -> None:
             except (httpx2.HTTPError, ValueError):
                 return False
 
-        if not wait_for(gateway_ready, 60):
-            raise SystemExit(f"the gateway never listed server-everything; logs in {data}")
-        headers = {"Authorization": f"Bearer {token(base, secret)}"} if secret else {}
-        gw = http_opener(f"{base}/mcp", headers)
+        for base in bases:
+            if not wait_for(lambda b=base: gateway_ready(b), 60):  # type: ignore[misc]
+                raise SystemExit(f"the gateway never listed server-everything; logs in {data}")
+        gw, gw_plain = (
+            http_opener(f"{b}/mcp", {"Authorization": f"Bearer {token(b, secret)}"} if secret else {})
+            for b in bases
+        )
         direct_http = http_opener(f"http://127.0.0.1:{http_port}/mcp")
 
         async def measure() -> dict[str, Any]:
@@ -241,7 +248,13 @@ def main() -> None:
             http_seq = await sequential(direct_http, TOOL, n)
             stdio_seq = await sequential(stdio_opener(), TOOL, n)
             per_s, conc = await concurrent(gw, f"everything__{TOOL}", args.callers, per_caller)
+            plain_per_s, plain_conc = await concurrent(
+                gw_plain, f"everything__{TOOL}", args.callers, per_caller
+            )
             return {
+                "gateway_plain_per_s": round(plain_per_s, 1),
+                "gateway_plain_concurrent_p50_ms": round(pct(plain_conc, 50), 3),
+                "coalesce_gain": round(per_s / plain_per_s, 3),
                 "gateway_p50_ms": round(pct(gw_seq, 50), 3),
                 "gateway_p99_ms": round(pct(gw_seq, 99), 3),
                 "gateway_per_s": round(per_s, 1),

@@ -36,7 +36,7 @@ from tasks.errors import (
     UnknownToolError,
 )
 from tasks.routing import AGENT_SERVER
-from tasks.telemetry.context import trace_scope
+from tasks.telemetry.context import new_trace_id, trace_scope, valid_trace_id
 
 log = logging.getLogger(__name__)
 
@@ -138,6 +138,28 @@ def submit(
             call_tool.apply_async((route.server, route.name, arguments), kwargs, task_id=task_id)
 
 
+async def queue_call(
+    gw: GatewayContext,
+    route: Route,
+    arguments: dict[str, Any] | None,
+    caller: Caller,
+    task_id: str,
+    *,
+    progress: bool,
+    trace_id: str | None,
+) -> None:
+    """Queue the call: checked now, alone; then with the calls that arrive in the same turn of
+    the loop, as one batch (gateway/coalesce.py). Progress and agent runs go alone (`submit`)."""
+    if progress or route.server == AGENT_SERVER or not gw.section.coalesce:
+        submit(route, arguments, caller, task_id, progress=progress, trace_id=trace_id)
+        return
+    from tasks.batch import prepare_call
+
+    call = {"server": route.server, "tool": route.name, "arguments": arguments, "project_id": caller.project}
+    prepared = prepare_call(call, task_id=task_id, trace_id=valid_trace_id(trace_id) or new_trace_id())
+    await gw.coalescer.submit(prepared)
+
+
 async def call_tool(
     gw: GatewayContext, ctx: ServerRequestContext[Any, Any], params: types.CallToolRequestParams
 ) -> types.CallToolResult:
@@ -172,7 +194,14 @@ async def call_tool(
         task_id, progress=forward if token is not None else None, progress_channel=progress_channel
     )
     try:
-        submit(route, params.arguments, caller, task_id, progress=token is not None, trace_id=trace_id)
+        await queue_call(
+            gw, route, params.arguments, caller, task_id, progress=token is not None, trace_id=trace_id
+        )
+    except asyncio.CancelledError:  # the client gave up while its call was being queued
+        waiter.forget(task_id)
+        gw.record(caller, route, "cancelled", started, trace_id)
+        await asyncio.shield(asyncio.to_thread(cancel_call, task_id))
+        raise
     except (InvalidArgumentsError, InvalidOptionError, PayloadTooLargeError) as exc:
         waiter.forget(task_id)
         gw.record(caller, route, "failed", started, trace_id, exc)

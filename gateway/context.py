@@ -17,6 +17,7 @@ if TYPE_CHECKING:
     from mcp.server.context import ServerRequestContext
 
     from gateway.callers import Caller
+    from gateway.coalesce import Coalescer
     from gateway.mcptasks import TaskStore
     from gateway.naming import Index, Route
     from gateway.results import ResultWaiter
@@ -67,6 +68,7 @@ class GatewayContext(Protocol):
     prompt_routes: dict[str, Route]  # exposed prompt name -> (server, prompt)
     prompts_at: float
     resource_routes: ResourceRoutes
+    coalescer: Coalescer  # tools/call requests that arrive together travel as one batch
 
     async def refresh(self) -> bool: ...
 

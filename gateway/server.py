@@ -40,6 +40,7 @@ from mcp_types.version import MODERN_PROTOCOL_VERSIONS
 from gateway import calls, mcptask_handlers, prompts, resources
 from gateway.agents import agent_catalog
 from gateway.callers import Caller, caller_of
+from gateway.coalesce import Coalescer
 from gateway.context import ResourceRoutes
 from gateway.mcptasks import TaskStore
 from gateway.naming import Index, Route, build_index
@@ -115,6 +116,7 @@ class Gateway:
         self.prompt_routes: dict[str, Route] = {}  # exposed prompt name -> (server, prompt)
         self.prompts_at = float("-inf")
         self.resource_routes = ResourceRoutes()
+        self.coalescer = Coalescer()
         self.clients = Clients()
         self.waiter: ResultWaiter | None = None
         self.store: TaskStore | None = None

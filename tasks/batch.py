@@ -24,10 +24,12 @@ costs the time (docs/performance.md); a chunks/starmap task runs its calls one a
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import random
 import uuid
 from collections.abc import Callable, Iterable, Mapping
+from dataclasses import dataclass
 from datetime import UTC, datetime
 from typing import Any
 
@@ -68,6 +70,8 @@ from tasks.policy.backoff import RetryPolicy
 from tasks.routing import route_task, server_queue
 from tasks.settings import get_config, get_settings
 from tasks.taskrepr import call_repr, kwargs_repr
+from tasks.telemetry.context import META_KEY as TRACE_META_KEY
+from tasks.telemetry.context import trace_scope
 from tasks.validation import check_arguments_shape, check_publish_options, check_timeout
 
 log = logging.getLogger(__name__)
@@ -76,6 +80,25 @@ _CALL_KEYS = frozenset(
     ("server", "tool", "arguments", "project_id", "timeout_s", "idempotency_key", "retry_interrupted")
 )
 _jitter = random.Random()
+
+
+@dataclass(frozen=True)
+class PreparedCall:
+    """A call checked and routed (`prepare_call`), ready to travel in a batch (`send_calls`)."""
+
+    id: str
+    server: str
+    queue: str
+    project: str | None  # the session's project, when the server runs one per project
+    item: dict[str, Any]  # what the message carries: id, tool, arguments, kwargs[, trace_id]
+
+
+class CallsNotQueuedError(BrokerUnavailableError):
+    """`send_calls` could not queue all of them: `queued` holds the ids it did queue."""
+
+    def __init__(self, message: str, *args: object) -> None:
+        super().__init__(message, *args)
+        self.queued: frozenset[str] = frozenset()
 
 
 def call_tools(
@@ -94,43 +117,32 @@ def call_tools(
     `call_tool(progress=True)` for those. A call whose idempotency key already has a stored
     result is not queued again: its result is the stored one.
     """
-    require_broker()
-    config = get_config()
     given = {"project_id": project_id, "timeout_s": timeout_s, "retry_interrupted": retry_interrupted}
     defaults = {k: v for k, v in given.items() if v is not None}
-    prepared = [_prepare(i, call, defaults, config) for i, call in enumerate(calls)]
-    options: dict[str, Any] = {} if expires is None else {"expires": expires}
-    check_publish_options(options, now=datetime.now(UTC))
-    if options.get("expires") is None and get_settings().call_expires_s > 0:
-        options["expires"] = get_settings().call_expires_s
-    groups: dict[tuple[str, str, str | None], dict[str, dict[str, Any]]] = {}
-    results = []
-    for item, queue, group_project in prepared:
-        result = call_tool.AsyncResult(item["id"])
+    prepared = [prepare_call(call, defaults=defaults, index=i) for i, call in enumerate(calls)]
+    results, unsent = [], []
+    for call in prepared:
+        result = call_tool.AsyncResult(call.id)
         results.append(result)
-        if item["kwargs"].get("idempotency_key") and _stored_state(result) == "SUCCESS":
-            continue
-        groups.setdefault((queue, item.pop("server"), group_project), {})[item["id"]] = item
-    sent = 0
-    for (queue, server, group_project), items in groups.items():
-        batch = list(items.values())
-        for start in range(0, len(batch), MAX_BATCH):
-            chunk = batch[start : start + MAX_BATCH]
-            try:
-                _publish(server, chunk, group_project, queue, options)
-            except BrokerUnavailableError as exc:
-                raise BrokerUnavailableError(
-                    f"{exc}; {sent} of the batch's {len(prepared)} calls were queued before it"
-                ) from exc
-            sent += len(chunk)
+        if not (call.item["kwargs"].get("idempotency_key") and _stored_state(result) == "SUCCESS"):
+            unsent.append(call)
+    send_calls(unsent, expires=expires)
     return ResultSet(results)
 
 
-def _prepare(
-    index: int, call: Mapping[str, Any], defaults: dict[str, Any], config: Any
-) -> tuple[dict[str, Any], str, str | None]:
-    """One call checked as `call_tool.delay` checks it: (message item, its queue, the project
-    of its session when the server runs one per project)."""
+def prepare_call(
+    call: Mapping[str, Any],
+    *,
+    defaults: Mapping[str, Any] | None = None,
+    index: int | None = None,
+    task_id: str | None = None,
+    trace_id: str | None = None,
+) -> PreparedCall:
+    """One call checked as `call_tool.delay` checks it, and routed. `index`: its place in a
+    batch, named by its errors; `task_id`: its id (default: from its idempotency key, or new);
+    `trace_id`: the trace it carries to the worker (default: its batch's)."""
+    require_broker()
+    config = get_config()
     try:
         if not isinstance(call, Mapping):
             raise TypeError(f"a call is a mapping with server, tool and arguments, not {type(call).__name__}")
@@ -139,21 +151,50 @@ def _prepare(
         unknown = sorted(set(call) - _CALL_KEYS, key=str)
         if unknown:
             raise TypeError(f"unknown key {unknown[0]!r}; a call takes: {', '.join(sorted(_CALL_KEYS))}")
-        bound = _bind_call((), {**defaults, **call})
+        bound = _bind_call((), {**(defaults or {}), **call})
         _check_options(bound, {})
         _check_project(bound, config)
         server, tool = bound.pop("server"), bound.pop("tool")
-        arguments = bound.pop("arguments")
-        arguments = _checked_arguments(server, tool, arguments, config)
+        arguments = _checked_arguments(server, tool, bound.pop("arguments"), config)
+        key = bound.get("idempotency_key")
+        if key and task_id:
+            raise InvalidOptionError("a call has an idempotency_key or a task id of its own, not both")
     except (AgentfulError, TypeError, ValueError) as exc:
-        raise _at(index, exc) from exc
-    key = bound.get("idempotency_key")
-    task_id = idempotent_task_id(str(key)) if key else str(uuid.uuid4())
+        raise (exc if index is None else _at(index, exc)) from exc
+    call_id = task_id or (idempotent_task_id(str(key)) if key else str(uuid.uuid4()))
     queue = route_task("agentful.call_tool", (server, tool, arguments), bound, {})["queue"]
     spec = config.servers.get(server)
-    group_project = bound.get("project_id") if spec is not None and spec.per_project else None
-    item = {"id": task_id, "server": server, "tool": tool, "arguments": arguments, "kwargs": bound}
-    return item, queue, group_project
+    project = bound.get("project_id") if spec is not None and spec.per_project else None
+    item = {"id": call_id, "tool": tool, "arguments": arguments, "kwargs": bound}
+    if trace_id:
+        item["trace_id"] = trace_id
+    return PreparedCall(call_id, server, queue, project, item)
+
+
+def send_calls(prepared: list[PreparedCall], *, expires: float | None = None) -> None:
+    """Queue prepared calls: those of one server on one queue in one message (MAX_BATCH calls
+    at most). The first message the broker refuses raises CallsNotQueuedError, naming what was sent."""
+    options: dict[str, Any] = {} if expires is None else {"expires": expires}
+    check_publish_options(options, now=datetime.now(UTC))
+    if options.get("expires") is None and get_settings().call_expires_s > 0:
+        options["expires"] = get_settings().call_expires_s
+    groups: dict[tuple[str, str, str | None], dict[str, dict[str, Any]]] = {}
+    for call in prepared:  # one id once: the same idempotency key twice is one call
+        groups.setdefault((call.queue, call.server, call.project), {})[call.id] = call.item
+    queued: set[str] = set()
+    for (queue, server, project), items in groups.items():
+        batch = list(items.values())
+        for start in range(0, len(batch), MAX_BATCH):
+            chunk = batch[start : start + MAX_BATCH]
+            try:
+                _publish(server, chunk, project, queue, options)
+            except BrokerUnavailableError as exc:
+                error = CallsNotQueuedError(
+                    f"{exc}; {len(queued)} of the {len(prepared)} calls were queued before it"
+                )
+                error.queued = frozenset(queued)
+                raise error from exc
+            queued.update(i["id"] for i in chunk)
 
 
 def _checked_arguments(server: str, tool: str, arguments: Any, config: Any) -> dict[str, Any]:
@@ -181,6 +222,9 @@ def _at(index: int, exc: Exception) -> Exception:
 def _publish(
     server: str, items: list[dict[str, Any]], project: str | None, queue: str, options: dict[str, Any]
 ) -> None:
+    if len(items) == 1:  # a batch of one is a plain call (and shows as one in Flower)
+        _publish_one(server, items[0], queue=queue, **options)
+        return
     tools = sorted({str(i["tool"]) for i in items})
     call_batch._publish(
         (server, items),
@@ -238,7 +282,7 @@ def call_batch(
                 owned.append((item, claim))
             elif verdict == "wait":  # another worker runs it: a call_tool copy waits for its result
                 log.info("call %s (batched) runs on %s; handed on as a single call", item["id"], owner)
-                _requeue(server, item, countdown=None)
+                _publish_one(server, item)
                 handed_on += 1
     ran = _run(self, executor, server, owned, project_id, claims)
     return {"calls": len(calls), "ran": ran, "handed_on": handed_on}
@@ -261,6 +305,8 @@ def _run(
         }
         if kw.get("project_id"):
             meta["agentful/project_id"] = kw["project_id"]
+        if isinstance(item.get("trace_id"), str):
+            meta[TRACE_META_KEY] = item["trace_id"]  # the call's own trace (its batch has one too)
         still_owner = _owner_check(claims, claim) if claim is not None else None
         rerun = kw.get("retry_interrupted") is not False
         batch.append(BatchCall(item["tool"], item["arguments"], kw["timeout_s"], meta, rerun, still_owner))
@@ -291,7 +337,7 @@ def _run(
             requeue.append((item, countdown, queue))
     _store(task, stores)
     for item, countdown, queue in requeue:  # after the RETRY freed each claim
-        _requeue(server, item, countdown=countdown, queue=queue, retries=1)
+        _publish_one(server, item, countdown=countdown, queue=queue, retries=1)
     return len(owned)
 
 
@@ -335,19 +381,16 @@ def _store(task: Task, entries: list[tuple[str, Any, str, Any]]) -> None:
         task.backend.store_result(task_id, result, state, request=request)
 
 
-def _requeue(
-    server: str, item: dict[str, Any], *, countdown: float | None, queue: str | None = None, retries: int = 0
-) -> None:
-    """One call of the batch back on the queue alone, as the `call_tool` it is (same task id)."""
+def _publish_one(server: str, item: dict[str, Any], **options: Any) -> None:
+    """One call alone, as the `call_tool` it is (same task id): a batch of one, or a call of a
+    batch going back to the queue (`retries`, `countdown`: its retry)."""
     args = (server, item["tool"], item["arguments"])
     kwargs = {k: v for k, v in item["kwargs"].items() if v is not None}
-    options: dict[str, Any] = {"argsrepr": call_repr(*args), "kwargsrepr": kwargs_repr(kwargs)}
-    options["retries"] = retries
-    if countdown:
-        options["countdown"] = countdown
-    if queue:
-        options["queue"] = queue
-    call_tool._publish(args, kwargs, item["id"], **options)
+    options = {k: v for k, v in options.items() if v}
+    options.update(argsrepr=call_repr(*args), kwargsrepr=kwargs_repr(kwargs))
+    trace_id = item.get("trace_id")
+    with trace_scope(trace_id) if isinstance(trace_id, str) else contextlib.nullcontext():
+        call_tool._publish(args, kwargs, item["id"], **options)
 
 
 @task_revoked.connect(sender=call_batch)

@@ -182,6 +182,11 @@ class GatewaySection(_Section):
     json_response: bool = True
     default_server: str | None = Field(default=None, description="its tools and prompts also unprefixed")
     refresh_s: float = Field(default=1.0, gt=0, description="how often the tool list is re-read")
+    coalesce: bool = Field(
+        default=True,
+        description="tools/call requests that arrive in the same turn of the event loop travel as "
+        "one batch message (tasks.call_tools); off: one call_tool message each",
+    )
     unserved_wait_s: float = Field(
         default=10.0, ge=0, le=3600, description="how long a call waits for a worker of a server none runs"
     )
