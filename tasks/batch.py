@@ -94,11 +94,13 @@ class PreparedCall:
 
 
 class CallsNotQueuedError(BrokerUnavailableError):
-    """`send_calls` could not queue all of them: `queued` holds the ids it did queue."""
+    """Not all of the calls could be queued: `queued` holds the task ids that were (those will
+    run), `ids` the task id of every call in order (from `call_tools`)."""
 
     def __init__(self, message: str, *args: object) -> None:
         super().__init__(message, *args)
         self.queued: frozenset[str] = frozenset()
+        self.ids: list[str] = []
 
 
 def call_tools(
@@ -126,7 +128,11 @@ def call_tools(
         results.append(result)
         if not (call.item["kwargs"].get("idempotency_key") and _stored_state(result) == "SUCCESS"):
             unsent.append(call)
-    send_calls(unsent, expires=expires)
+    try:
+        send_calls(unsent, expires=expires)
+    except CallsNotQueuedError as exc:
+        exc.ids = [call.id for call in prepared]  # which call is which: queued ones will run
+        raise
     return ResultSet(results)
 
 

@@ -104,16 +104,24 @@ def test_a_warm_stop_under_a_backlog_ends_and_hands_everything_back(
     assert result.outcome.in_window == 0
 
 
-@pytest.mark.parametrize("scenario", ["sigkill", "pause"])
+@pytest.mark.parametrize("scenario", ["sigkill", "pause", "broker_restart"])
 def test_batched_calls_lose_nothing_and_run_once_through_a_fault(
     scenario: str, tmp_path: Path, backends: list[RedisProcess]
 ) -> None:
     """The same batch submitted through `call_tools`, 20 calls a message: a worker SIGKILLed or
-    paused past its expiry while it holds whole batches; every call still runs once (outside the
-    in-flight window: a worker runs all the calls of the batches it holds at once, so more of
-    them are inside it than with single calls) and all are done within 15 s."""
+    paused past its expiry while it holds whole batches, or the broker killed and restarted
+    under them; every call still runs once (outside the in-flight window: a worker runs all the
+    calls of the batches it holds at once, so more of them are inside it than with single
+    calls) and all are done within 15 s."""
     kw: dict[str, Any] = {"pause_s": 8.0} if scenario == "pause" else {}
+    if scenario == "broker_restart":
+        kw |= {"down_s": 2.0, "timeout_s": RESTART_BOUND_S + 90}
     result = run(tmp_path, "valkey", scenario, backends, batch=20, **kw)
-    assert result.outcome.recovery_s <= 15.0, f"done only after {result.outcome.recovery_s:.1f} s"
-    if scenario == "pause":
+    if scenario == "broker_restart":
+        assert result.back_at is not None
+        assert result.outcome.last_done - result.back_at <= RESTART_BOUND_S, f"logs in {tmp_path}"
+        assert result.outcome.in_window == 0, "nobody was declared dead: nothing may run twice"
+    else:
+        assert result.outcome.recovery_s <= 15.0, f"done only after {result.outcome.recovery_s:.1f} s"
+    if scenario != "sigkill":
         assert all(result.survivors), result.survivors

@@ -184,3 +184,30 @@ def test_a_batch_for_a_server_this_worker_lacks_fails_each_call_clearly(cluster:
     for task_id in ids:
         with pytest.raises(UnknownServerError, match="does not run MCP server"):
             call_tool.AsyncResult(task_id).get(timeout=30)
+
+
+def test_broker_down_a_batch_is_a_clear_error() -> None:
+    import os
+    import subprocess
+    import sys
+    import time
+
+    from tests.conftest import ROOT, free_port
+
+    port = free_port()  # nothing listens there
+    program = (
+        "from tasks import call_tools\n"
+        "from tasks.errors import BrokerUnavailableError\n"
+        "calls = [{'server': 'time', 'tool': 'get_current_time', 'arguments': {'timezone': 'UTC'}}] * 2\n"
+        "try:\n"
+        "    call_tools(calls)\n"
+        "except BrokerUnavailableError as exc:\n"
+        "    print(type(exc).__name__, exc)\n"
+    )
+    env = {**os.environ, "AGENTFUL_BROKER_URL": f"redis://127.0.0.1:{port}/0"}
+    started = time.monotonic()
+    done = subprocess.run([sys.executable, "-c", program], env=env, cwd=ROOT, capture_output=True, text=True,
+                          timeout=60, check=False)  # fmt: skip
+    assert time.monotonic() - started < 30
+    assert done.stdout.startswith("BrokerUnavailableError "), (done.stdout, done.stderr[-2000:])
+    assert f"127.0.0.1:{port}" in done.stdout
