@@ -27,6 +27,7 @@ from __future__ import annotations
 import contextlib
 import logging
 import random
+import threading
 import uuid
 from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass
@@ -80,6 +81,14 @@ _CALL_KEYS = frozenset(
     ("server", "tool", "arguments", "project_id", "timeout_s", "idempotency_key", "retry_interrupted")
 )
 _jitter = random.Random()
+_running_lock = threading.Lock()
+_running_extra = 0
+
+
+def running_beyond_tasks() -> int:
+    """How many more calls this process runs than it runs tasks: a batch is one task and many
+    calls (the heartbeat reports them as load; threads and solo pools, where it runs them)."""
+    return _running_extra
 
 
 @dataclass(frozen=True)
@@ -316,10 +325,16 @@ def _run(
         still_owner = _owner_check(claims, claim) if claim is not None else None
         rerun = kw.get("retry_interrupted") is not False
         batch.append(BatchCall(item["tool"], item["arguments"], kw["timeout_s"], meta, rerun, still_owner))
+    global _running_extra
+    with _running_lock:
+        _running_extra += len(owned) - 1
     try:
         outcomes: list[Any] = executor.call_many(server, batch, project=project)
     except Exception as exc:  # no session here at all (not served, not ready in time): each call
         outcomes = [exc] * len(owned)  # fails or retries alone, and its claim is freed or ended
+    finally:
+        with _running_lock:
+            _running_extra -= len(owned) - 1
     worker = str(task.request.hostname or "")
     stores: list[tuple[str, Any, str, Any]] = []
     requeue: list[tuple[dict[str, Any], float, str | None]] = []

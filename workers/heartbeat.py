@@ -19,6 +19,7 @@ from dataclasses import replace
 
 import psutil
 
+from tasks.batch import running_beyond_tasks
 from tasks.delivery import identity
 from tasks.errors import BrokerUnavailableError
 from tasks.policy.scaling import WindowStats
@@ -75,7 +76,7 @@ class Heartbeat:
             queue=self.queue,
             pid=os.getpid(),
             capacity=self.capacity,
-            in_flight=len(state.active_requests),
+            in_flight=len(state.active_requests) + running_beyond_tasks(),
             reserved=len(state.reserved_requests),
             cpu_percent=psutil.cpu_percent(interval=None),
             memory_percent=psutil.virtual_memory().percent,

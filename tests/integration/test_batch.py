@@ -211,3 +211,31 @@ def test_broker_down_a_batch_is_a_clear_error() -> None:
     assert time.monotonic() - started < 30
     assert done.stdout.startswith("BrokerUnavailableError "), (done.stdout, done.stderr[-2000:])
     assert f"127.0.0.1:{port}" in done.stdout
+
+
+def test_a_running_batch_counts_as_its_calls_in_the_workers_load(cluster: Any) -> None:
+    """The router's least-load reads `in_flight` from heartbeats: a batch of 10 running calls is
+    10 there, not the one task it is."""
+    need(HAS_NODE, "node and server-everything (npm ci)")
+    import os
+
+    from tasks import call_tools
+    from tasks.registry import Registry
+    from workers.launcher import wait_for
+
+    registry = Registry(os.environ["AGENTFUL_BROKER_URL"])
+    slow = {
+        "server": "everything",
+        "tool": "trigger-long-running-operation",
+        "arguments": {"duration": 5, "steps": 1},
+    }
+    batch = call_tools([slow] * 10)
+    seen: list[int] = []
+
+    def loaded() -> bool:
+        seen.append(max((w.in_flight for w in registry.alive().values()), default=0))
+        return seen[-1] >= 10
+
+    assert wait_for(loaded, 10, interval_s=0.2), f"highest in_flight seen: {max(seen)}"
+    batch.get(timeout=60)
+    assert wait_for(lambda: all(w.in_flight == 0 for w in registry.alive().values()), 10)
