@@ -6,8 +6,8 @@
 Each run: a fresh broker process (Valkey from the embedded broker's wheel, the machine's
 redis-server, or a private RabbitMQ node with a Valkey result backend), 3 workers (threads x16)
 and beat, the ledger MCP server (every execution fsynced to a ledger), a driver submitting the
-batch with `.delay()` (an idempotency key per call, 20 projects); the fault at one third of the
-executions. Counted from the ledger and the driver, never from the cluster (tests/chaos/harness.py).
+batch with `.delay()` (or with `call_tools`, B calls a message: `--batch B`; an idempotency key
+per call, 20 projects); the fault at one third of the executions. Counted from the ledger and the driver, never from the cluster (tests/chaos/harness.py).
 The last line is one JSON object: per scenario and broker `runs`, `calls`, `lost`, `duplicated`,
 `in_window`, `recovery_s`, `failover_s` and `window_done_s` (worst; see tests/chaos/harness.py),
 and `lost_total`, `duplicated_total`.
@@ -45,6 +45,7 @@ def run_once(kind: str, scenario: str, args: argparse.Namespace, tmp: Path) -> R
             pause_s=args.pause_s,
             down_s=args.down_s,
             timeout_s=args.timeout,
+            batch=args.batch,
         )
     finally:
         cluster.stop()
@@ -62,6 +63,7 @@ def main() -> None:
     p.add_argument("--pause-s", type=float, default=25.0)
     p.add_argument("--down-s", type=float, default=3.0)
     p.add_argument("--timeout", type=float, default=180.0)
+    p.add_argument("--batch", type=int, default=0, help="submit through call_tools, this many calls a batch")
     args = p.parse_args()
     table: dict[str, dict[str, Any]] = {}
     lost_total = duplicated_total = 0
