@@ -7,7 +7,8 @@ Each run: a fresh broker process (Valkey from the embedded broker's wheel, the m
 redis-server, or a private RabbitMQ node with a Valkey result backend), 3 workers (threads x16)
 and beat, the ledger MCP server (every execution fsynced to a ledger), a driver submitting the
 batch with `.delay()` (or with `call_tools`, B calls a message: `--batch B`; an idempotency key
-per call, 20 projects); the fault at one third of the executions. Counted from the ledger and the driver, never from the cluster (tests/chaos/harness.py).
+per call, 20 projects); the fault at one third of the executions. Counted from the ledger and
+the driver, never from the cluster (tests/chaos/harness.py).
 The last line is one JSON object: per scenario and broker `runs`, `calls`, `lost`, `duplicated`,
 `in_window`, `recovery_s`, `failover_s` and `window_done_s` (worst; see tests/chaos/harness.py),
 and `lost_total`, `duplicated_total`.

@@ -15,7 +15,6 @@ import random
 import threading
 import time
 from collections.abc import Callable
-from datetime import UTC, datetime
 from typing import Any, NoReturn
 
 import kombu.exceptions
@@ -28,14 +27,13 @@ from celery.worker import state as worker_state
 from tasks import progress as progress_channel
 from tasks.app import app
 from tasks.catalog import CachedCatalog, ServerTools, safe_url
-from tasks.config_projects import check_project_id
+from tasks.checks import bind_call, check_options, check_project
 from tasks.contracts import ProgressFn, ToolInfo, ToolResult, get_executor
-from tasks.delivery.claims import ClaimStore, LostClaim
-from tasks.delivery.owner import claim_store, own_call, patiently
+from tasks.delivery.claims import Claim, ClaimStore, LostClaim
+from tasks.delivery.owner import claim_store, given_back, own_call, patiently, still_owned
 from tasks.errors import (
     BrokerUnavailableError,
     CircuitOpenError,
-    InvalidOptionError,
     ServerCrashedError,
     ToolTimeoutError,
     TransientError,
@@ -43,7 +41,7 @@ from tasks.errors import (
 )
 from tasks.policy.backoff import RetryPolicy
 from tasks.queues import SERVER_HEADER
-from tasks.registry import Registry
+from tasks.registry import Registry, lease_s
 from tasks.router import ClusterRouter, RedisAffinity
 from tasks.routing import server_queue, use_cluster_router
 from tasks.settings import NO_BROKER_URL, get_config, get_settings
@@ -53,9 +51,6 @@ from tasks.telemetry import hooks as _telemetry_hooks  # noqa: F401  (trace ids,
 from tasks.validation import (
     check_arguments_shape,
     check_call,
-    check_flag,
-    check_key,
-    check_publish_options,
     check_timeout,
 )
 
@@ -159,11 +154,11 @@ class CallToolTask(CheckedTask):
     def apply_async(
         self, args: Any = None, kwargs: Any = None, task_id: str | None = None, **options: Any
     ) -> AsyncResult:
-        bound = _bind_call(args or (), kwargs or {})
-        _check_options(bound, options)
+        bound = bind_call(args or (), kwargs or {})
+        check_options(bound, options)
         require_broker()
         config = get_config()
-        _check_project(bound, config)
+        check_project(bound, config)
         bound["arguments"] = check_call(
             bound["server"],
             bound["tool"],
@@ -183,74 +178,6 @@ class CallToolTask(CheckedTask):
         options.setdefault("argsrepr", call_repr(server, tool, arguments))
         options.setdefault("kwargsrepr", kwargs_repr(bound))
         return self._publish((server, tool, arguments), bound, task_id, **options)
-
-
-_CALL_PARAMS = ("server", "tool", "arguments")
-_CALL_KEYWORDS = ("project_id", "timeout_s", "idempotency_key", "progress", "retry_interrupted")
-
-
-def _check_options(bound: dict[str, Any], options: dict[str, Any]) -> None:
-    """Every option of a call checked before it is queued; `expires` defaulted (Settings)."""
-    bound["timeout_s"] = check_timeout(bound.get("timeout_s"))
-    for name in ("project_id", "idempotency_key"):
-        bound[name] = check_key(name, bound.get(name))
-    bound["progress"] = check_flag("progress", bound.get("progress", False))
-    bound["retry_interrupted"] = check_flag(
-        "retry_interrupted", bound.get("retry_interrupted"), optional=True
-    )
-    check_publish_options(options, now=datetime.now(UTC))
-    default_s = get_settings().call_expires_s
-    if options.get("expires") is None and default_s > 0:
-        # A call nobody took within this long is dropped, not run for a caller long gone; the
-        # time it was asked to wait (countdown) does not count against it.
-        delay = float(options.get("countdown") or 0)
-        if options.get("eta") is not None:
-            delay = max(0.0, (_as_utc(options["eta"]) - datetime.now(UTC)).total_seconds())
-        options["expires"] = delay + default_s
-    if not bound["progress"]:
-        bound.pop("progress")  # the defaults: kept off the message (and off Flower's kwargs)
-    for key in ("timeout_s", "project_id", "idempotency_key", "retry_interrupted"):
-        if bound.get(key) is None:
-            bound.pop(key, None)  # (retry_interrupted=False is no default: it is kept)
-
-
-def _check_project(bound: dict[str, Any], config: Any) -> None:
-    """A per-project server's call needs a project, one that names a safe workspace directory."""
-    spec = config.servers.get(bound.get("server"))
-    if spec is None or not spec.per_project:
-        return
-    project = bound.get("project_id")
-    if project is None:
-        raise InvalidOptionError(
-            f"MCP server {bound['server']!r} runs one session per project: pass project_id"
-        )
-    try:
-        check_project_id(project)
-    except ValueError as exc:
-        raise InvalidOptionError(str(exc)) from exc
-
-
-def _as_utc(moment: Any) -> datetime:
-    value = moment if isinstance(moment, datetime) else datetime.fromisoformat(str(moment))
-    return value.replace(tzinfo=UTC) if value.tzinfo is None else value
-
-
-def _bind_call(args: Any, kwargs: dict[str, Any]) -> dict[str, Any]:
-    """call_tool's parameters by name, with the same errors Python would give a bad call."""
-    if len(args) > len(_CALL_PARAMS):
-        raise TypeError(f"call_tool takes at most 3 positional arguments ({len(args)} given)")
-    bound: dict[str, Any] = dict(zip(_CALL_PARAMS, args, strict=False))
-    for key, value in kwargs.items():
-        if key not in _CALL_PARAMS + _CALL_KEYWORDS:
-            raise TypeError(f"call_tool got an unexpected keyword argument {key!r}")
-        if key in bound:
-            raise TypeError(f"call_tool got multiple values for argument {key!r}")
-        bound[key] = value
-    for required in ("server", "tool"):
-        if required not in bound:
-            raise TypeError(f"call_tool missing required argument {required!r}")
-    bound.setdefault("arguments", None)
-    return bound
 
 
 def _stored_state(result: AsyncResult) -> str | None:
@@ -349,6 +276,7 @@ def call_tool(
         )
     except ToolTimeoutError as exc:
         if not rerun_timed_out:
+            _give_back_if_lost(claims, claim)
             raise ToolTimeoutError(
                 f"{exc}; not retried: it may still run or have taken effect (the tool is not marked "
                 "read-only or idempotent; pass retry_interrupted=True to retry it)"
@@ -356,6 +284,7 @@ def call_tool(
         raise _retry_or_give_up(self, exc) from exc
     except ServerCrashedError as exc:
         if not rerun_crashed:
+            _give_back_if_lost(claims, claim)
             raise
         raise _retry_or_give_up(self, exc) from exc
     except TransientError as exc:
@@ -363,10 +292,33 @@ def call_tool(
     except TaskRevokedError as exc:
         _mark_cancelled(self, exc)
     except LostClaim as exc:
-        raise Ignore(str(exc)) from exc
+        assert claim is not None
+        raise given_back(claim.task_id, claim.incarnation) from exc
+    except Exception:
+        _give_back_if_lost(claims, claim)
+        raise
     attempts += self.request.retries
     duration_ms = round((time.perf_counter() - started) * 1000, 3)
-    return tool_result(server, tool, raw, str(self.request.hostname or ""), duration_ms, attempts)
+    result = tool_result(server, tool, raw, str(self.request.hostname or ""), duration_ms, attempts)
+    # Stored here, under the claim, so that a result the store refuses (this worker was declared
+    # dead, even after its last check) sends the call back instead of losing it.
+    store = getattr(self.backend, "store_claimed", None)
+    if (
+        claim is not None
+        and store is not None
+        and not patiently(lambda: store(self.request.id, result, "SUCCESS", self.request), "store the result")
+    ):
+        raise given_back(claim.task_id, claim.incarnation)
+    return result
+
+
+def _give_back_if_lost(claims: ClaimStore | None, claim: Claim | None) -> None:
+    """The call ran, but this worker may have been declared dead meanwhile: if its claim is no
+    longer its own, the message goes back to the queue (tasks.delivery.owner.given_back)."""
+    if claim is None or claims is None:
+        return
+    if not still_owned(claims, [claim], lease_s(get_settings().heartbeat_s)):
+        raise given_back(claim.task_id, claim.incarnation)
 
 
 def tool_result(

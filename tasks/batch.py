@@ -36,16 +36,12 @@ from typing import Any
 
 from celery import Task, states
 from celery.app.task import Context
-from celery.exceptions import Ignore
 from celery.result import AsyncResult, ResultSet
 from celery.signals import task_revoked
 
 from tasks.api import (
     CheckedTask,
-    _bind_call,
     _catalog_for,
-    _check_options,
-    _check_project,
     _stored_state,
     call_tool,
     claims_store,
@@ -54,10 +50,11 @@ from tasks.api import (
     tool_result,
 )
 from tasks.app import app
+from tasks.checks import bind_call, check_options, check_project
 from tasks.contracts import BatchCall, get_executor
 from tasks.delivery import identity
 from tasks.delivery.claims import Claim, LostClaim
-from tasks.delivery.owner import patiently
+from tasks.delivery.owner import given_back, patiently
 from tasks.errors import (
     AgentfulError,
     BrokerUnavailableError,
@@ -166,9 +163,9 @@ def prepare_call(
         unknown = sorted(set(call) - _CALL_KEYS, key=str)
         if unknown:
             raise TypeError(f"unknown key {unknown[0]!r}; a call takes: {', '.join(sorted(_CALL_KEYS))}")
-        bound = _bind_call((), {**(defaults or {}), **call})
-        _check_options(bound, {})
-        _check_project(bound, config)
+        bound = bind_call((), {**(defaults or {}), **call})
+        check_options(bound, {})
+        check_project(bound, config)
         server, tool = bound.pop("server"), bound.pop("tool")
         arguments = _checked_arguments(server, tool, bound.pop("arguments"), config)
         key = bound.get("idempotency_key")
@@ -292,7 +289,7 @@ def call_batch(
         verdicts = patiently(lambda: claims.take_many(ids, incarnation, nonce), "claim the batch's calls")
         for item, (verdict, claim, owner) in zip(items, verdicts, strict=True):
             if verdict == "fenced":
-                raise Ignore(f"this worker incarnation ({incarnation}) was declared dead; batch moved on")
+                raise given_back(str(self.request.id), incarnation)
             if verdict == "own":
                 owned.append((item, claim))
             elif verdict == "wait":  # another worker runs it: a call_tool copy waits for its result
@@ -356,7 +353,9 @@ def _run(
         if state == states.RETRY:
             queue = server_queue(server) if isinstance(outcome, CircuitOpenError) else None
             requeue.append((item, countdown, queue))
-    _store(task, stores)
+    if not _store(task, stores):  # declared dead meanwhile: the batch goes back (done calls skipped)
+        claim = next(c for _, c in owned if c is not None)
+        raise given_back(str(task.request.id), claim.incarnation)
     for item, countdown, queue in requeue:  # after the RETRY freed each claim
         _publish_one(server, item, countdown=countdown, queue=queue, retries=1)
     return len(owned)
@@ -389,17 +388,20 @@ def _failed(
     return states.FAILURE, RuntimeError(f"the call was interrupted: {exc!r}"), 0.0
 
 
-def _store(task: Task, entries: list[tuple[str, Any, str, Any]]) -> None:
-    """The results: those under a claim in one round trip, the rest as Celery stores them."""
+def _store(task: Task, entries: list[tuple[str, Any, str, Any]]) -> bool:
+    """The results: those under a claim in one round trip, the rest as Celery stores them.
+    False when the store refused one under its claim (its owner was declared dead)."""
     store_many = getattr(task.backend, "store_many", None)
     plain = entries
+    stored = True
     if store_many is not None:
         claimed = [e for e in entries if e[3].agentful_claim is not None]
         plain = [e for e in entries if e[3].agentful_claim is None]
         if claimed:
-            patiently(lambda: store_many(claimed), "store the batch's results")
+            stored = all(patiently(lambda: store_many(claimed), "store the batch's results"))
     for task_id, result, state, request in plain:
         task.backend.store_result(task_id, result, state, request=request)
+    return stored
 
 
 def _publish_one(server: str, item: dict[str, Any], **options: Any) -> None:

@@ -43,6 +43,8 @@ class FencedRedisBackend(RedisBackend):  # type: ignore[misc]
         request: Any = None,
         **kwargs: Any,
     ) -> Any:
+        if getattr(request, "agentful_stored", False):
+            return result  # the task stored it already, under its claim (`store_claimed`)
         claim: Claim | None = getattr(request, "agentful_claim", None)
         if claim is None:
             return super()._store_result(task_id, result, state, traceback, request, **kwargs)
@@ -56,6 +58,15 @@ class FencedRedisBackend(RedisBackend):  # type: ignore[misc]
             (self.get_key_for_task(task_id), self.encode(meta), expires, claim, claim_state_after(state)),
         )
         return result
+
+    def store_claimed(self, task_id: str, result: Any, state: str, request: Any) -> bool:
+        """Store a result under the request's claim now, from inside the task, and say whether
+        it was stored: a worker declared dead after its last check finds out here, and gives
+        the message back instead of acknowledging a call whose result nobody stored. Celery's
+        own store after the task returns then writes nothing (`agentful_stored`)."""
+        stored = self.store_many([(task_id, result, state, request)])[0]
+        request.agentful_stored = True
+        return stored
 
     def store_many(self, entries: list[tuple[str, Any, str, Any]]) -> list[bool]:
         """Each (task id, result, state, request with its claim) stored as `store_result` would

@@ -16,7 +16,7 @@ from collections.abc import Callable
 from typing import Any, TypeVar
 
 import redis
-from celery.exceptions import Ignore
+from celery.exceptions import Ignore, Reject
 
 from tasks.delivery import identity
 from tasks.delivery.claims import Claim, ClaimStore, not_owner
@@ -54,6 +54,29 @@ def claim_store(url: str, ttl_s: float) -> ClaimStore:
     return store
 
 
+def given_back(task_id: str, incarnation: str) -> Reject:
+    """What an incarnation declared dead does with a message it still holds: it gives it back
+    (Celery's Reject, requeued), runs and stores nothing. On Redis its failover has restored the
+    message already and the transport ignores a fenced incarnation's reject; RabbitMQ hands a
+    message to another consumer only when the holder's connection closes, or when it is rejected
+    like this: a pause shorter than the AMQP heartbeat's timeout keeps that connection, and an ack
+    would lose the call."""
+    return Reject(
+        f"this worker incarnation ({incarnation}) was declared dead; call {task_id} goes back to the queue",
+        requeue=True,
+    )
+
+
+def still_owned(store: ClaimStore, claims: list[Claim], lease_s: float) -> bool:
+    """After the calls ran: whether every claim is still this worker's (else their messages go
+    back: `given_back`). The store is asked only when one may not be: this process has a new
+    incarnation (the old one was declared dead meanwhile) or its heartbeat lease is stale."""
+    current = identity.current()
+    if all(c.incarnation == current for c in claims) and identity.lease_age_s() < lease_s:
+        return True
+    return all(patiently(lambda: store.owns_many(claims), "check the calls' claims"))
+
+
 def own_call(task: Any, store: ClaimStore | None) -> Claim | None:
     """The claim this task runs its call under (set on `task.request` for the result backend),
     or None where there are no claims (no Redis store, or not in a worker). Raises Celery's
@@ -82,9 +105,7 @@ def own_call(task: Any, store: ClaimStore | None) -> Claim | None:
         if verdict == "done":
             raise Ignore(f"call {task_id} already has its result (from {owner}); this copy does nothing")
         if verdict == "fenced":
-            raise Ignore(
-                f"this worker incarnation ({incarnation}) was declared dead; call {task_id} moved on"
-            )
+            raise given_back(task_id, incarnation)
         if not waited:
             log.info("call %s is running on %s; this copy waits for its result", task_id, owner)
             waited = True

@@ -464,7 +464,10 @@ def run_scenario(
         cluster.pause_worker(0)
         run.fault_at = time.time()
         time.sleep(pause_s)
-        sent_before = time.time()  # nothing is sent while it is stopped
+        # Nothing is sent while it is stopped, but its MCP servers were stopped with it: what the
+        # worker had written to a server before the pause, the server begins after SIGCONT (within
+        # a second, its stdin's backlog), and then it is a call sent before the fault.
+        sent_before = time.time() + 1.0
         cluster.resume_worker(0)
     elif scenario == "broker_restart":
         cluster.restart_broker(down_s)
