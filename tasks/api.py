@@ -30,7 +30,7 @@ from tasks.catalog import CachedCatalog, ServerTools, safe_url
 from tasks.checks import bind_call, check_options, check_project
 from tasks.contracts import ProgressFn, ToolInfo, ToolResult, get_executor
 from tasks.delivery.claims import Claim, ClaimStore, LostClaim
-from tasks.delivery.owner import claim_store, given_back, own_call, patiently, still_owned
+from tasks.delivery.owner import claim_store, given_back, own_call, owner_check, patiently, still_owned
 from tasks.errors import (
     BrokerUnavailableError,
     CircuitOpenError,
@@ -159,14 +159,7 @@ class CallToolTask(CheckedTask):
         require_broker()
         config = get_config()
         check_project(bound, config)
-        bound["arguments"] = check_call(
-            bound["server"],
-            bound["tool"],
-            bound["arguments"],
-            catalog=_catalog_for(bound["server"], bound["tool"]),
-            configured=frozenset(config.servers),
-            max_bytes=config.mcp.server.max_request_bytes,
-        )
+        bound["arguments"] = checked_arguments(bound["server"], bound["tool"], bound["arguments"], config)
         key = bound.get("idempotency_key")
         if key:
             task_id = idempotent_task_id(str(key))
@@ -178,6 +171,18 @@ class CallToolTask(CheckedTask):
         options.setdefault("argsrepr", call_repr(server, tool, arguments))
         options.setdefault("kwargsrepr", kwargs_repr(bound))
         return self._publish((server, tool, arguments), bound, task_id, **options)
+
+
+def checked_arguments(server: Any, tool: Any, arguments: Any, config: Any) -> dict[str, Any]:
+    """The call's arguments checked against the tool catalog (tasks.validation.check_call)."""
+    return check_call(
+        server,
+        tool,
+        arguments,
+        catalog=_catalog_for(server, tool),
+        configured=frozenset(config.servers),
+        max_bytes=config.mcp.server.max_request_bytes,
+    )
 
 
 def _stored_state(result: AsyncResult) -> str | None:
@@ -266,21 +271,14 @@ def call_tool(
             meta=meta,
             on_progress=progress_publisher(self.request.id) if progress else None,
             cancelled=revoked_check(self.request.id),
-            still_owner=(
-                (lambda: patiently(lambda: claims.owns(claim), "check the call's claim"))
-                if claim is not None and claims is not None
-                else None
-            ),
+            still_owner=owner_check(claims, claim) if claim is not None and claims is not None else None,
             rerun=rerun_crashed,
             project=project_id,
         )
     except ToolTimeoutError as exc:
         if not rerun_timed_out:
             _give_back_if_lost(claims, claim)
-            raise ToolTimeoutError(
-                f"{exc}; not retried: it may still run or have taken effect (the tool is not marked "
-                "read-only or idempotent; pass retry_interrupted=True to retry it)"
-            ) from exc
+            raise not_retried(exc) from exc
         raise _retry_or_give_up(self, exc) from exc
     except ServerCrashedError as exc:
         if not rerun_crashed:
@@ -312,12 +310,20 @@ def call_tool(
     return result
 
 
+def not_retried(exc: ToolTimeoutError) -> ToolTimeoutError:
+    """A timed-out call that is not run again, saying why."""
+    return ToolTimeoutError(
+        f"{exc}; not retried: it may still run or have taken effect (the tool is not marked "
+        "read-only or idempotent; pass retry_interrupted=True to retry it)"
+    )
+
+
 def _give_back_if_lost(claims: ClaimStore | None, claim: Claim | None) -> None:
     """The call ran, but this worker may have been declared dead meanwhile: if its claim is no
     longer its own, the message goes back to the queue (tasks.delivery.owner.given_back)."""
     if claim is None or claims is None:
         return
-    if not still_owned(claims, [claim], lease_s(get_settings().heartbeat_s)):
+    if not still_owned(claims, claim, lease_s(get_settings().heartbeat_s)):
         raise given_back(claim.task_id, claim.incarnation)
 
 

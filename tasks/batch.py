@@ -29,7 +29,7 @@ import logging
 import random
 import threading
 import uuid
-from collections.abc import Callable, Iterable, Mapping
+from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from typing import Any
@@ -41,11 +41,12 @@ from celery.signals import task_revoked
 
 from tasks.api import (
     CheckedTask,
-    _catalog_for,
     _stored_state,
     call_tool,
+    checked_arguments,
     claims_store,
     idempotent_task_id,
+    not_retried,
     require_broker,
     tool_result,
 )
@@ -54,7 +55,7 @@ from tasks.checks import bind_call, check_options, check_project
 from tasks.contracts import BatchCall, get_executor
 from tasks.delivery import identity
 from tasks.delivery.claims import Claim, LostClaim
-from tasks.delivery.owner import given_back, patiently
+from tasks.delivery.owner import given_back, owner_check, patiently
 from tasks.errors import (
     AgentfulError,
     BrokerUnavailableError,
@@ -167,7 +168,7 @@ def prepare_call(
         check_options(bound, {})
         check_project(bound, config)
         server, tool = bound.pop("server"), bound.pop("tool")
-        arguments = _checked_arguments(server, tool, bound.pop("arguments"), config)
+        arguments = checked_arguments(server, tool, bound.pop("arguments"), config)
         key = bound.get("idempotency_key")
         if key and task_id:
             raise InvalidOptionError("a call has an idempotency_key or a task id of its own, not both")
@@ -207,19 +208,6 @@ def send_calls(prepared: list[PreparedCall], *, expires: float | None = None) ->
                 error.queued = frozenset(queued)
                 raise error from exc
             queued.update(i["id"] for i in chunk)
-
-
-def _checked_arguments(server: str, tool: str, arguments: Any, config: Any) -> dict[str, Any]:
-    from tasks.validation import check_call
-
-    return check_call(
-        server,
-        tool,
-        arguments,
-        catalog=_catalog_for(server, tool),
-        configured=frozenset(config.servers),
-        max_bytes=config.mcp.server.max_request_bytes,
-    )
 
 
 def _at(index: int, exc: Exception) -> Exception:
@@ -319,7 +307,7 @@ def _run(
             meta["agentful/project_id"] = kw["project_id"]
         if isinstance(item.get("trace_id"), str):
             meta[TRACE_META_KEY] = item["trace_id"]  # the call's own trace (its batch has one too)
-        still_owner = _owner_check(claims, claim) if claim is not None else None
+        still_owner = owner_check(claims, claim) if claim is not None else None
         rerun = kw.get("retry_interrupted") is not False
         batch.append(BatchCall(item["tool"], item["arguments"], kw["timeout_s"], meta, rerun, still_owner))
     global _running_extra
@@ -361,10 +349,6 @@ def _run(
     return len(owned)
 
 
-def _owner_check(claims: Any, claim: Claim) -> Callable[[], bool]:
-    return lambda: patiently(lambda: bool(claims.owns(claim)), "check the call's claim")
-
-
 def _failed(
     executor: Any, server: str, item: dict[str, Any], exc: BaseException
 ) -> tuple[str, BaseException, float]:
@@ -372,10 +356,7 @@ def _failed(
     again = item["kwargs"].get("retry_interrupted")
     if isinstance(exc, ToolTimeoutError):
         if not (again if again is not None else executor.rerun_safe(server, item["tool"])):
-            return states.FAILURE, ToolTimeoutError(
-                f"{exc}; not retried: it may still run or have taken effect (the tool is not marked "
-                "read-only or idempotent; pass retry_interrupted=True to retry it)"
-            ), 0.0  # fmt: skip
+            return states.FAILURE, not_retried(exc), 0.0
     elif isinstance(exc, ServerCrashedError) and again is False:
         return states.FAILURE, exc, 0.0
     if isinstance(exc, TransientError):

@@ -104,14 +104,6 @@ class ClaimStore:
         )
         return bool(reply)
 
-    def owns_many(self, claims: list[Claim]) -> list[bool]:
-        """`owns` of each claim, in one round trip."""
-        pipe = self.client.pipeline(transaction=False)
-        for claim in claims:
-            self._owns(keys=[keys.claim(claim.task_id), keys.fenced(claim.incarnation)],
-                       args=[claim.token or ""], client=pipe)  # fmt: skip
-        return [bool(r) and c.token is not None for c, r in zip(claims, pipe.execute(), strict=True)]
-
     def release(self, task_id: str, incarnation: str) -> bool:
         """Free the claim `incarnation` holds on a call whose execution was lost without a
         result (a pool process died under it): the requeued copy may then take it."""

@@ -67,14 +67,18 @@ def given_back(task_id: str, incarnation: str) -> Reject:
     )
 
 
-def still_owned(store: ClaimStore, claims: list[Claim], lease_s: float) -> bool:
-    """After the calls ran: whether every claim is still this worker's (else their messages go
-    back: `given_back`). The store is asked only when one may not be: this process has a new
+def still_owned(store: ClaimStore, claim: Claim, lease_s: float) -> bool:
+    """After the call ran: whether its claim is still this worker's (else its message goes back:
+    `given_back`). The store is asked only when it may not be: this process has a new
     incarnation (the old one was declared dead meanwhile) or its heartbeat lease is stale."""
-    current = identity.current()
-    if all(c.incarnation == current for c in claims) and identity.lease_age_s() < lease_s:
+    if claim.incarnation == identity.current() and identity.lease_age_s() < lease_s:
         return True
-    return all(patiently(lambda: store.owns_many(claims), "check the calls' claims"))
+    return owner_check(store, claim)()
+
+
+def owner_check(store: ClaimStore, claim: Claim) -> Callable[[], bool]:
+    """Asks the store whether `claim` is still the call's (patiently: a broker restart)."""
+    return lambda: patiently(lambda: store.owns(claim), "check the call's claim")
 
 
 def own_call(task: Any, store: ClaimStore | None) -> Claim | None:
