@@ -323,6 +323,7 @@ def _run(
     worker = str(task.request.hostname or "")
     stores: list[tuple[str, Any, str, Any]] = []
     requeue: list[tuple[dict[str, Any], float, str | None]] = []
+    lost = False
     for (item, claim), outcome in zip(owned, outcomes, strict=True):
         request = Context(
             id=item["id"], task="agentful.call_tool", args=[server, item["tool"], item["arguments"]],
@@ -334,14 +335,18 @@ def _run(
             stores.append((item["id"], tool_result(server, item["tool"], raw, worker, duration_ms, attempts),
                            states.SUCCESS, request))  # fmt: skip
             continue
-        if isinstance(outcome, LostClaim):
-            continue  # declared dead meanwhile: the call's new owner stores its result
+        if isinstance(outcome, LostClaim):  # declared dead before it was sent: nothing ran
+            lost = True
+            continue
         state, error, countdown = _failed(executor, server, item, outcome)
         stores.append((item["id"], error, state, request))
         if state == states.RETRY:
             queue = server_queue(server) if isinstance(outcome, CircuitOpenError) else None
             requeue.append((item, countdown, queue))
-    if not _store(task, stores):  # declared dead meanwhile: the batch goes back (done calls skipped)
+    # Declared dead meanwhile (a call found its claim lost, or the store refused a result): the
+    # batch goes back, and its next taker skips the calls that are done. Acknowledging it would
+    # lose the lost calls on RabbitMQ, where this worker's message is the only copy.
+    if not _store(task, stores) or lost:
         claim = next(c for _, c in owned if c is not None)
         raise given_back(str(task.request.id), claim.incarnation)
     for item, countdown, queue in requeue:  # after the RETRY freed each claim

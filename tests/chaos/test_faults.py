@@ -111,9 +111,7 @@ def test_a_warm_stop_under_a_backlog_ends_and_hands_everything_back(
 
 @pytest.mark.parametrize(
     ("scenario", "kind"),
-    # Not ("pause", "rabbitmq"): a batch given back after such a pause was lost once in three
-    # runs (7 of 240 calls, never executed; docs/reliability.md "Batched calls"). Open defect.
-    [("sigkill", "valkey"), ("pause", "valkey"), ("broker_restart", "valkey")],
+    [("sigkill", "valkey"), ("pause", "valkey"), ("pause", "rabbitmq"), ("broker_restart", "valkey")],
 )
 def test_batched_calls_lose_nothing_and_run_once_through_a_fault(
     scenario: str, kind: str, tmp_path: Path, backends: list[RedisProcess]
