@@ -46,6 +46,36 @@ class AuthClientSpec(_Section):
         return value
 
 
+class AuthUserSpec(_Section):
+    """A person who logs in on the gateway's own login page (authorization code flow, for MCP
+    clients such as Claude Code): the scopes of their roles are what their clients may get."""
+
+    password_hash: str = Field(
+        description="`agentful keys hash-secret --stdin` of the password; never the password"
+    )
+    roles: list[str] = Field(default_factory=list)
+
+    @field_validator("password_hash")
+    @classmethod
+    def _hashed(cls, value: str) -> str:
+        return AuthClientSpec._hashed(value)
+
+
+class AuthRegistrationSection(_Section):
+    """Dynamic client registration (RFC 7591) for interactive clients, with its limits."""
+
+    enabled: bool = Field(default=True, description="with users set: POST /register is open")
+    per_source_per_hour: int = Field(
+        default=20, ge=1, description="registrations one address may make an hour"
+    )
+    unused_client_days: float = Field(
+        default=30.0, gt=0, allow_inf_nan=False, description="a client not used for this long is forgotten"
+    )
+    max_bytes: int = Field(
+        default=16_384, ge=1024, le=1_048_576, description="a bigger registration is refused"
+    )
+
+
 JwtAlgorithm = Literal["RS256", "RS384", "RS512", "PS256", "ES256", "ES384", "EdDSA"]  # never none, never HS*
 
 
@@ -87,6 +117,13 @@ class GatewayAuthSection(_Section):
     leeway_s: int = Field(default=30, ge=0, le=300, description="clock skew allowed on exp, nbf, iat")
     max_token_bytes: int = Field(default=8192, ge=512, description="longer bearer tokens are refused unread")
     external: ExternalIssuerSection | None = Field(default=None, description="set: verify its tokens instead")
+    users: dict[str, AuthUserSpec] = Field(
+        default_factory=dict, description="set: the authorization code flow, with a login page, is on"
+    )
+    registration: AuthRegistrationSection = AuthRegistrationSection()
+    refresh_token_days: float = Field(
+        default=30.0, gt=0, le=365, allow_inf_nan=False, description="how long a refresh token lives unused"
+    )
 
     @field_validator("roles")
     @classmethod
@@ -101,15 +138,20 @@ class GatewayAuthSection(_Section):
 
     @model_validator(mode="after")
     def _consistent(self) -> GatewayAuthSection:
-        for name, client in self.clients.items():
-            if not name or ":" in name or any(c.isspace() for c in name):
-                raise ValueError(f"clients: {name!r} cannot name a client (empty, ':' or whitespace)")
-            unknown = [r for r in client.roles if r not in self.roles]
-            if unknown:
-                raise ValueError(
-                    f"clients.{name}.roles: unknown role {unknown[0]!r} "
-                    f"(roles: {', '.join(sorted(self.roles)) or 'none'})"
-                )
+        for kind, entries in (("client", self.clients), ("user", self.users)):
+            for name, entry in entries.items():
+                if not name or ":" in name or any(c.isspace() for c in name) or len(name) > 128:
+                    raise ValueError(
+                        f"{kind}s: {name!r} cannot name a {kind} (empty, ':', whitespace, over 128)"
+                    )
+                unknown = [r for r in entry.roles if r not in self.roles]
+                if unknown:
+                    raise ValueError(
+                        f"{kind}s.{name}.roles: unknown role {unknown[0]!r} "
+                        f"(roles: {', '.join(sorted(self.roles)) or 'none'})"
+                    )
+        if self.external is not None and self.users:
+            raise ValueError("users: the login page belongs to the built-in issuer, not to an external one")
         if self.external is not None and self.clients:
             raise ValueError("clients: the built-in issuer's clients cannot be used with an external issuer")
         for url_field in ("issuer", "audience"):

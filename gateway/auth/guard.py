@@ -73,7 +73,7 @@ class ScopeGuard:
         while more:
             message = await receive()
             if message["type"] != "http.request":  # the client went away
-                await self.app(scope, _replay([], message, receive), send)
+                await self.app(scope, replay([], message, receive), send)
                 return
             chunks.append(message.get("body", b""))
             more = message.get("more_body", False)
@@ -83,20 +83,20 @@ class ScopeGuard:
             log.info("call refused: client %s lacks %s", user.access_token.client_id, " ".join(missing))
             await _insufficient_scope(send, missing, self.resource_metadata_url)
             return
-        await self.app(scope, _replay([body], None, receive), send)
+        await self.app(scope, replay([body], None, receive), send)
 
 
-def _replay(bodies: list[bytes], first: Message | None, receive: Receive) -> Receive:
+def replay(bodies: list[bytes], first: Message | None, receive: Receive) -> Receive:
     pending: list[Message] = [{"type": "http.request", "body": b, "more_body": False} for b in bodies]
     if first is not None:
         pending.append(first)
 
-    async def replay() -> Message:
+    async def replayed() -> Message:
         if pending:
             return pending.pop(0)
         return await receive()
 
-    return replay
+    return replayed
 
 
 async def _insufficient_scope(send: Send, missing: list[str], resource_metadata_url: str | None) -> None:

@@ -1,10 +1,15 @@
-"""The built-in authorization server's HTTP endpoints (client credentials only):
+"""The built-in authorization server's HTTP endpoints:
 
-- `POST /token` (RFC 6749 4.4; client_secret_basic or client_secret_post),
+- `POST /token`: client credentials here (RFC 6749 4.4; client_secret_basic or
+  client_secret_post); with `gateway.auth.users`, authorization codes and refresh tokens go to
+  the MCP SDK's token handler (gateway/auth/interactive.py),
 - `GET /.well-known/jwks.json` (the keys that verify, for any resource server),
 - `GET /.well-known/oauth-authorization-server` (RFC 8414; with the issuer's path appended),
-- `GET /authorize`, which only says that this server has no authorization-code flow: RFC 8414
-  lets it be left out, but the MCP SDK's metadata model requires the field.
+- `GET /authorize`: with users, the SDK's authorization endpoint (PKCE S256), which sends the
+  browser to `/login` (gateway/auth/login.py); without, it only says that there is no
+  authorization code flow (the MCP SDK's metadata model requires the field),
+- with users: `POST /register` (RFC 7591, capped per source address and in size) and
+  `POST /revoke` (RFC 7009).
 
 Paths are under the issuer's own path, if it has one. With an external issuer there are none.
 """
@@ -22,7 +27,7 @@ from urllib.parse import parse_qsl, unquote_plus, urlparse
 import anyio
 from starlette.requests import Request
 from starlette.responses import JSONResponse, Response
-from starlette.routing import BaseRoute, Route
+from starlette.routing import BaseRoute, Route, request_response
 
 from gateway.auth.keys import KeyRing
 from gateway.auth.passwords import dummy_hash, verify_secret
@@ -178,11 +183,15 @@ class TokenEndpoint:
         raise TokenRequestError(401, "invalid_client", "unknown client or wrong secret", basic=basic)
 
 
+def all_scopes(config: ConfigFile) -> list[str]:
+    return list(dict.fromkeys(s for scopes in config.gateway.auth.roles.values() for s in scopes))
+
+
 def metadata(config: ConfigFile) -> dict[str, Any]:
     """RFC 8414 authorization server metadata of the built-in issuer."""
     issuer = issuer_of(config)
-    scopes = list(dict.fromkeys(s for scopes in config.gateway.auth.roles.values() for s in scopes))
-    return {
+    auth = config.gateway.auth
+    meta: dict[str, Any] = {
         "issuer": issuer,
         "token_endpoint": f"{issuer}/token",
         "jwks_uri": f"{issuer}/.well-known/jwks.json",
@@ -190,9 +199,24 @@ def metadata(config: ConfigFile) -> dict[str, Any]:
         "response_types_supported": [],
         "grant_types_supported": ["client_credentials"],
         "token_endpoint_auth_methods_supported": ["client_secret_basic", "client_secret_post"],
-        "scopes_supported": scopes,
+        "scopes_supported": all_scopes(config),
         "service_documentation": None,
     }
+    if auth.users:
+        meta["response_types_supported"] = ["code"]
+        meta["grant_types_supported"] = ["authorization_code", "refresh_token", "client_credentials"]
+        meta["code_challenge_methods_supported"] = ["S256"]
+        meta["authorization_response_iss_parameter_supported"] = True
+        meta["token_endpoint_auth_methods_supported"] += ["none"]
+        meta["revocation_endpoint"] = f"{issuer}/revoke"
+        meta["revocation_endpoint_auth_methods_supported"] = [
+            "client_secret_basic",
+            "client_secret_post",
+            "none",
+        ]
+        if auth.registration.enabled:
+            meta["registration_endpoint"] = f"{issuer}/register"
+    return meta
 
 
 def auth_routes(
@@ -226,9 +250,16 @@ def auth_routes(
     async def token(request: Request) -> Response:
         return await endpoint(request)
 
+    common: list[BaseRoute] = [
+        Route(f"{base}/.well-known/jwks.json", jwks, methods=["GET"]),
+        Route(f"/.well-known/oauth-authorization-server{base}", as_metadata, methods=["GET"]),
+    ]
+    if config.gateway.auth.users:
+        from gateway.auth.flows import interactive_routes
+
+        return interactive_routes(config, ring, base, request_response(token), clock=clock) + common
     return [
         Route(f"{base}/token", token, methods=["POST"]),
         Route(f"{base}/authorize", authorize, methods=["GET", "POST"]),
-        Route(f"{base}/.well-known/jwks.json", jwks, methods=["GET"]),
-        Route(f"/.well-known/oauth-authorization-server{base}", as_metadata, methods=["GET"]),
+        *common,
     ]

@@ -42,13 +42,15 @@ def issue_token(
     scopes: Iterable[str],
     ttl_s: int,
     now: float,
+    subject: str | None = None,
 ) -> Issued:
+    """A signed access token; `sub` is `subject` (the user who logged in) or else the client."""
     key, private = ring.signer()
     iat = int(now)
     scope_list = list(scopes)
     claims = {
         "iss": issuer,
-        "sub": client_id,
+        "sub": subject or client_id,
         "client_id": client_id,
         "aud": audience,
         "iat": iat,

@@ -30,6 +30,7 @@ from typing import TYPE_CHECKING, Any
 
 import httpx2
 import pytest
+from mcp.shared.auth import OAuthClientInformationFull, OAuthToken
 
 from tests.conftest import CONFIG, free_port
 
@@ -249,3 +250,24 @@ def assert_no_secret_logged(captured: Capture, proof: str) -> None:
     sigs = [s.rsplit(".", 1)[-1] for s in SEEN if s.count(".") == 2 and len(s.rsplit(".", 1)[-1]) > 20]
     leaks += [s[:12] for s in sigs if any(s in line for line in captured.lines)]
     assert not leaks, f"secrets or tokens in the logs: {leaks}"
+
+
+class MemoryTokens:
+    """The MCP SDK client's TokenStorage, in memory; every token it is given goes into SEEN."""
+
+    def __init__(self) -> None:
+        self.tokens: OAuthToken | None = None
+        self.info: OAuthClientInformationFull | None = None
+
+    async def get_tokens(self) -> OAuthToken | None:
+        return self.tokens
+
+    async def set_tokens(self, tokens: OAuthToken) -> None:
+        SEEN.update(t for t in (tokens.access_token, tokens.refresh_token) if t)
+        self.tokens = tokens
+
+    async def get_client_info(self) -> OAuthClientInformationFull | None:
+        return self.info
+
+    async def set_client_info(self, client_info: OAuthClientInformationFull) -> None:
+        self.info = client_info

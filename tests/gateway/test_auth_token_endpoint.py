@@ -16,7 +16,6 @@ import mcp
 import pytest
 from mcp.client.auth.extensions.client_credentials import ClientCredentialsOAuthProvider
 from mcp.client.streamable_http import streamable_http_client
-from mcp.shared.auth import OAuthClientInformationFull, OAuthToken
 
 from gateway.auth.keys import KeyRing, rotate
 from tests.gateway.conftest import (
@@ -24,6 +23,7 @@ from tests.gateway.conftest import (
     SECRETS,
     SEEN,
     Capture,
+    MemoryTokens,
     RunningGateway,
     assert_no_secret_logged,
     bearer,
@@ -40,31 +40,12 @@ pytestmark = pytest.mark.usefixtures("captured_logs")
 # -- the SDK's own client ----------------------------------------------------------------------
 
 
-class _Memory:
-    def __init__(self) -> None:
-        self.tokens: OAuthToken | None = None
-        self.info: OAuthClientInformationFull | None = None
-
-    async def get_tokens(self) -> OAuthToken | None:
-        return self.tokens
-
-    async def set_tokens(self, tokens: OAuthToken) -> None:
-        SEEN.add(tokens.access_token)
-        self.tokens = tokens
-
-    async def get_client_info(self) -> OAuthClientInformationFull | None:
-        return self.info
-
-    async def set_client_info(self, client_info: OAuthClientInformationFull) -> None:
-        self.info = client_info
-
-
 @pytest.mark.parametrize("method", ["client_secret_basic", "client_secret_post"])
 def test_sdk_client_credentials_provider_calls_a_tool(auth_gw: RunningGateway, method: str) -> None:
     """ClientCredentialsOAuthProvider, unchanged: 401 -> RFC 9728 -> RFC 8414 -> token -> call."""
 
     async def main() -> tuple[list[str], str]:
-        storage = _Memory()
+        storage = MemoryTokens()
         provider = ClientCredentialsOAuthProvider(
             server_url=auth_gw.url,
             storage=storage,

@@ -42,6 +42,22 @@ def auth(**section: Any) -> dict[str, Any]:
             auth(clients={"c": {"secretHash": HASH, "secret": "x"}}),
             "gateway.auth.clients.c.secret: Extra inputs",
         ),
+        (auth(users={"alice": {"passwordHash": "hunter2"}}), "gateway.auth.users.alice.passwordHash"),
+        (
+            auth(users={"alice": {"passwordHash": HASH, "roles": ["admin"]}}),
+            "users.alice.roles: unknown role 'admin'",
+        ),
+        (auth(users={"a b": {"passwordHash": HASH}}), "users: 'a b' cannot name a user"),
+        (
+            auth(
+                external={"issuer": "https://idp", "audience": "a", "jwksUrl": "https://x"},
+                users={"alice": {"passwordHash": HASH}},
+            ),
+            "users: the login page belongs to the built-in issuer",
+        ),
+        (auth(registration={"perSourcePerHour": 0}), "gateway.auth.registration.perSourcePerHour"),
+        (auth(registration={"maxBytes": 10}), "gateway.auth.registration.maxBytes"),
+        (auth(refreshTokenDays=0), "gateway.auth.refreshTokenDays"),
         (auth(algorithm="HS256"), "gateway.auth.algorithm"),
         (auth(tokenTtl=0), "gateway.auth.tokenTtl"),
         (auth(rotationDays=0), "gateway.auth.rotationDays"),
