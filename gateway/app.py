@@ -11,8 +11,9 @@ only when the config switches them on.
 from __future__ import annotations
 
 import contextlib
+import functools
 import logging
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Mapping
 from typing import Any
 
 import anyio
@@ -102,9 +103,22 @@ def build_app(config: ConfigFile, gateway: Gateway | None = None, *, host: str |
     from gateway import jsonrpc, streaming
 
     if section.json_response:
-        # JSON responses, but SSE for a request with a progressToken (gateway/streaming.py).
+        # JSON responses, but SSE for a request with a progressToken, or a call of a server whose
+        # questions and log lines go to its client (gateway/streaming.py, gateway/relay.py).
         streaming.install(gateway.server.session_manager)
-        jsonrpc.install(sdk_app, MCP_PATH, streaming.choose)
+        relaying = frozenset(name for name, spec in config.servers.items() if spec.relay)
+
+        def relayed(payload: Mapping[str, Any]) -> bool:
+            params = payload.get("params")
+            name = (
+                params.get("name")
+                if payload.get("method") == "tools/call" and isinstance(params, dict)
+                else None
+            )
+            found = gateway.index.route(name) if isinstance(name, str) and relaying else None
+            return found is not None and found[0].server in relaying
+
+        jsonrpc.install(sdk_app, MCP_PATH, functools.partial(streaming.choose, also=relayed))
     else:
         jsonrpc.install(sdk_app, MCP_PATH)
 

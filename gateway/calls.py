@@ -26,6 +26,7 @@ from gateway import agents
 from gateway.callers import Caller, may_call, raw_meta, trace_of
 from gateway.context import GatewayContext
 from gateway.naming import Route
+from gateway.relay import forward as relayed
 from gateway.remote import exception_of
 from tasks.errors import (
     AgentfulError,
@@ -35,6 +36,8 @@ from tasks.errors import (
     UnknownServerError,
     UnknownToolError,
 )
+from tasks.progress import channel
+from tasks.relay import REPLY_TTL_S, RelayWish
 from tasks.routing import AGENT_SERVER
 from tasks.telemetry.context import new_trace_id, trace_scope, valid_trace_id
 
@@ -109,6 +112,7 @@ def submit(
     *,
     progress: bool,
     trace_id: str | None = None,
+    relay: dict[str, Any] | None = None,
 ) -> None:
     """Queue the call (validation first: raises before anything is queued).
 
@@ -127,6 +131,8 @@ def submit(
     kwargs: dict[str, Any] = {"project_id": caller.project}
     if progress:
         kwargs["progress"] = True
+    if relay:
+        kwargs["relay"] = relay
     with trace_scope(trace_id):
         try:
             call_tool.apply_async((route.server, route.name, arguments), kwargs, task_id=task_id)
@@ -147,11 +153,13 @@ async def queue_call(
     *,
     progress: bool,
     trace_id: str | None,
+    relay: dict[str, Any] | None = None,
 ) -> None:
     """Queue the call: checked now, alone; then with the calls that arrive in the same turn of
-    the loop, as one batch (gateway/coalesce.py). Progress and agent runs go alone (`submit`)."""
-    if progress or route.server == AGENT_SERVER or not gw.section.coalesce:
-        submit(route, arguments, caller, task_id, progress=progress, trace_id=trace_id)
+    the loop, as one batch (gateway/coalesce.py). Progress, relayed calls and agent runs go
+    alone (`submit`)."""
+    if progress or relay or route.server == AGENT_SERVER or not gw.section.coalesce:
+        submit(route, arguments, caller, task_id, progress=progress, trace_id=trace_id, relay=relay)
         return
     from tasks.batch import prepare_call
 
@@ -181,22 +189,13 @@ async def call_tool(
     waiter = gw.require_waiter()
     token = raw_meta(ctx.params).get("progressToken")
     task_id = uuid()
-
-    async def forward(event: dict[str, Any]) -> None:
-        await ctx.session.report_progress(float(event["progress"]), event.get("total"), event.get("message"))
-
-    progress_channel = ""
-    if token is not None:
-        from tasks.progress import channel
-
-        progress_channel = channel(task_id)
-    await waiter.expect(
-        task_id, progress=forward if token is not None else None, progress_channel=progress_channel
-    )
+    wish = gw.relay_wish(ctx, route.server)  # a relay server's questions and logs (gateway/relay.py)
+    await listen(waiter, ctx, task_id, token, wish)
     try:
         await queue_call(
-            gw, route, params.arguments, caller, task_id, progress=token is not None, trace_id=trace_id
-        )
+            gw, route, params.arguments, caller, task_id, progress=token is not None, trace_id=trace_id,
+            relay=wish.as_option() if wish is not None else None,
+        )  # fmt: skip
     except asyncio.CancelledError:  # the client gave up while its call was being queued
         waiter.forget(task_id)
         gw.record(caller, route, "cancelled", started, trace_id)
@@ -224,6 +223,28 @@ async def call_tool(
     else:
         gw.record(caller, route, "tool_error" if result.is_error else "ok", started, trace_id)
     return result
+
+
+async def listen(
+    waiter: Any, ctx: ServerRequestContext[Any, Any], task_id: str, token: Any, wish: RelayWish | None
+) -> None:
+    """Before the call is queued: subscribe to its channel when its progress (the request had a
+    progressToken) or a relay server's questions and log lines have somewhere to go."""
+
+    async def push(key: str, body: str) -> None:
+        await waiter.client.rpush(key, body)
+        await waiter.client.expire(key, REPLY_TTL_S)
+
+    async def forward(event: dict[str, Any]) -> None:
+        if "kind" in event:
+            await relayed(ctx, event, push)
+        elif token is not None:
+            await ctx.session.report_progress(
+                float(event["progress"]), event.get("total"), event.get("message")
+            )
+
+    listening = token is not None or wish is not None
+    await waiter.expect(task_id, progress=forward if listening else None, progress_channel=channel(task_id))
 
 
 async def await_result(

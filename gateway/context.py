@@ -22,6 +22,7 @@ if TYPE_CHECKING:
     from gateway.naming import Index, Route
     from gateway.results import ResultWaiter
     from tasks.config_gateway import GatewaySection
+    from tasks.relay import RelayWish
 
 
 @dataclass
@@ -79,6 +80,8 @@ class GatewayContext(Protocol):
     def caller(self, ctx: ServerRequestContext[Any, Any]) -> Caller: ...
 
     def require_waiter(self) -> ResultWaiter: ...
+
+    def relay_wish(self, ctx: ServerRequestContext[Any, Any], server: str) -> RelayWish | None: ...
 
     def require_store(self) -> TaskStore: ...
 

@@ -3,9 +3,8 @@
 - list_changed: 2026-07-28 clients get `ToolsListChanged` (and the prompts, resources ones) on
   their subscriptions/listen streams; 2025-11-25 sessions with a standalone stream (stdio, or
   the HTTP GET stream) get notifications/tools/list_changed (and the others) there.
-- logging/setLevel (2025-11-25): accepted and remembered per session. The MCP servers' log
-  messages are not relayed (the workers' sessions do not forward notifications/message), so the
-  level filters nothing yet.
+- logging/setLevel (2025-11-25): accepted and remembered per session: the level at which a
+  `relay` server's log messages reach the session's client (gateway/relay.py).
 """
 
 from __future__ import annotations

@@ -39,15 +39,17 @@ from mcp_types.version import MODERN_PROTOCOL_VERSIONS
 
 from gateway import calls, mcptask_handlers, prompts, resources
 from gateway.agents import agent_catalog
-from gateway.callers import Caller, caller_of
+from gateway.callers import Caller, caller_of, raw_meta
 from gateway.coalesce import Coalescer
 from gateway.context import ResourceRoutes
 from gateway.mcptasks import TaskStore
 from gateway.naming import Index, Route, build_index
 from gateway.notifications import Clients
+from gateway.relay import wish_of
 from gateway.results import ResultWaiter
 from tasks.config_file import ConfigFile
 from tasks.errors import AgentfulError, BrokerUnavailableError
+from tasks.relay import RelayWish
 from tasks.routing import AGENT_SERVER
 
 log = logging.getLogger(__name__)
@@ -279,6 +281,16 @@ class Gateway:
 
     def caller(self, ctx: ServerRequestContext[Any, Any]) -> Caller:
         return caller_of(ctx, auth_enabled=self.auth_enabled)
+
+    def relay_wish(self, ctx: ServerRequestContext[Any, Any], server: str) -> RelayWish | None:
+        """What this request's client answers of a `relay` server's questions and logs (None: nothing)."""
+        spec = self.config.servers.get(server)
+        if spec is None or not spec.relay:
+            return None
+        connection = getattr(ctx.session, "_connection", None)  # the SDK keeps it private
+        level = self.clients.log_levels.get(connection, "info") if connection is not None else "info"
+        wish = wish_of(ctx, level, raw_meta(ctx.params))
+        return wish if wish.wants() else None
 
     def require_waiter(self) -> ResultWaiter:
         if self.waiter is None:

@@ -23,7 +23,7 @@ with a progressToken, i.e. the ones answered as SSE, so a JSON request never rec
 
 from __future__ import annotations
 
-from collections.abc import AsyncIterator, Mapping
+from collections.abc import AsyncIterator, Callable, Mapping
 from contextlib import asynccontextmanager
 from contextvars import ContextVar
 from typing import Any
@@ -36,24 +36,26 @@ from starlette.types import Scope
 _SSE: ContextVar[bool | None] = ContextVar("agentful_gateway_sse", default=None)
 
 
-def wants_stream(payload: Any, accept: str) -> bool:
-    """Does this parsed POST body need an SSE answer: one request with a progressToken, from a
-    client that accepts text/event-stream? Pure."""
+def wants_stream(payload: Any, accept: str, also: Callable[[Mapping[str, Any]], bool] | None = None) -> bool:
+    """Does this parsed POST body need an SSE answer: one request with a progressToken (or one
+    `also` says so of: a call whose server may ask its client questions, gateway/relay.py), from
+    a client that accepts text/event-stream? Pure."""
     if not isinstance(payload, Mapping) or "id" not in payload or not isinstance(payload.get("method"), str):
         return False
     params = payload.get("params")
     meta = params.get("_meta") if isinstance(params, Mapping) else None
-    if not isinstance(meta, Mapping) or meta.get("progressToken") is None:
+    progress = isinstance(meta, Mapping) and meta.get("progressToken") is not None
+    if not progress and not (also is not None and also(payload)):
         return False
     return any(
         part.split(";")[0].strip() in ("text/event-stream", "text/*", "*/*") for part in accept.split(",")
     )
 
 
-def choose(payload: Any, scope: Scope) -> None:
+def choose(payload: Any, scope: Scope, also: Callable[[Mapping[str, Any]], bool] | None = None) -> None:
     """Decide the response mode of the POST being served (in its own context)."""
     accept = next((v.decode("latin-1") for k, v in scope.get("headers", []) if k == b"accept"), "")
-    _SSE.set(wants_stream(payload, accept))
+    _SSE.set(wants_stream(payload, accept, also))
 
 
 class PerRequestSessionManager(StreamableHTTPSessionManager):

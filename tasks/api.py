@@ -42,6 +42,7 @@ from tasks.errors import (
 from tasks.policy.backoff import RetryPolicy
 from tasks.queues import SERVER_HEADER
 from tasks.registry import Registry, lease_s
+from tasks.relay import RelayTarget, check_relay
 from tasks.router import ClusterRouter, RedisAffinity
 from tasks.routing import server_queue, use_cluster_router
 from tasks.settings import NO_BROKER_URL, get_config, get_settings
@@ -223,6 +224,7 @@ def call_tool(
     idempotency_key: str | None = None,
     progress: bool = False,
     retry_interrupted: bool | None = None,
+    relay: dict[str, Any] | None = None,
 ) -> ToolResult:
     """Call `tool` on MCP server `server` with `arguments`; return the tool's result as JSON.
 
@@ -231,6 +233,8 @@ def call_tool(
     together. With `idempotency_key`, a call whose result is stored is not run again. With
     `progress`, the server's progress notifications go to Redis channel
     `tasks.progress.channel(task_id)`. `cancel_call(task_id)` cancels it, queued or running.
+    `relay` says what the caller answers of a `relay: true` server's sampling and elicitation
+    requests and log messages, sent on the same channel (tasks/relay.py).
     A call interrupted inside the server (it timed out, the server crashed under it) may have
     taken effect: it is run again only if the tool says that is harmless (read-only or
     idempotent) or `retry_interrupted=True`; `retry_interrupted=False` never runs it again.
@@ -274,6 +278,7 @@ def call_tool(
             still_owner=owner_check(claims, claim) if claim is not None and claims is not None else None,
             rerun=rerun_crashed,
             project=project_id,
+            relay=relay_target(self.request.id, relay),
         )
     except ToolTimeoutError as exc:
         if not rerun_timed_out:
@@ -382,6 +387,16 @@ def list_tools(self: Task, server: str | None = None) -> dict[str, list[ToolInfo
     for name, tools in executor.ready_tools().items():  # this worker's, if not yet published
         out.setdefault(name, tools)
     return out
+
+
+def relay_target(task_id: str | None, option: Any) -> RelayTarget | None:
+    """Where a call's server questions and log lines go (workers/relay.py), or None: no Redis,
+    no task id, or a caller that answers nothing. Checked again here (a message not from .delay())."""
+    wish = check_relay(option)
+    store = catalog_store()
+    if wish is None or store is None or not task_id:
+        return None
+    return RelayTarget(store.url, task_id, wish)
 
 
 def progress_publisher(task_id: str | None) -> ProgressFn | None:

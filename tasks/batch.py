@@ -159,8 +159,10 @@ def prepare_call(
     try:
         if not isinstance(call, Mapping):
             raise TypeError(f"a call is a mapping with server, tool and arguments, not {type(call).__name__}")
-        if "progress" in call:
-            raise InvalidOptionError("batched calls do not relay progress: use call_tool(progress=True)")
+        if "progress" in call or "relay" in call:
+            raise InvalidOptionError(
+                "batched calls relay no progress, questions or logs: use call_tool(progress=True, relay=...)"
+            )
         unknown = sorted(set(call) - _CALL_KEYS, key=str)
         if unknown:
             raise TypeError(f"unknown key {unknown[0]!r}; a call takes: {', '.join(sorted(_CALL_KEYS))}")

@@ -11,11 +11,12 @@ from typing import Any
 
 from tasks.config_projects import check_project_id
 from tasks.errors import InvalidOptionError
+from tasks.relay import check_relay
 from tasks.settings import get_settings
 from tasks.validation import check_flag, check_key, check_publish_options, check_timeout
 
 _CALL_PARAMS = ("server", "tool", "arguments")
-_CALL_KEYWORDS = ("project_id", "timeout_s", "idempotency_key", "progress", "retry_interrupted")
+_CALL_KEYWORDS = ("project_id", "timeout_s", "idempotency_key", "progress", "retry_interrupted", "relay")
 
 
 def check_options(bound: dict[str, Any], options: dict[str, Any]) -> None:
@@ -24,6 +25,8 @@ def check_options(bound: dict[str, Any], options: dict[str, Any]) -> None:
     for name in ("project_id", "idempotency_key"):
         bound[name] = check_key(name, bound.get(name))
     bound["progress"] = check_flag("progress", bound.get("progress", False))
+    wish = check_relay(bound.get("relay"))
+    bound["relay"] = wish.as_option() if wish is not None else None
     bound["retry_interrupted"] = check_flag(
         "retry_interrupted", bound.get("retry_interrupted"), optional=True
     )
@@ -38,7 +41,7 @@ def check_options(bound: dict[str, Any], options: dict[str, Any]) -> None:
         options["expires"] = delay + default_s
     if not bound["progress"]:
         bound.pop("progress")  # the defaults: kept off the message (and off Flower's kwargs)
-    for key in ("timeout_s", "project_id", "idempotency_key", "retry_interrupted"):
+    for key in ("timeout_s", "project_id", "idempotency_key", "retry_interrupted", "relay"):
         if bound.get(key) is None:
             bound.pop(key, None)  # (retry_interrupted=False is no default: it is kept)
 

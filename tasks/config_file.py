@@ -96,6 +96,11 @@ class ServerSpec(_Section):
         default=600.0, gt=0, description="a per-project session idle this long stops"
     )
     isolation: IsolationSection | None = None
+    relay: bool = Field(
+        default=False,
+        description="the server's sampling, elicitation and log messages reach the caller "
+        "(protocol 2025-11-25; its calls run one at a time per session)",
+    )
 
     @model_validator(mode="before")
     @classmethod

@@ -3,7 +3,10 @@
 from __future__ import annotations
 
 from collections.abc import Callable
-from typing import Any, NamedTuple, NotRequired, Protocol, TypedDict
+from typing import TYPE_CHECKING, Any, NamedTuple, NotRequired, Protocol, TypedDict
+
+if TYPE_CHECKING:
+    from tasks.relay import RelayTarget
 
 
 class ToolResult(TypedDict):
@@ -61,6 +64,7 @@ class ToolExecutor(Protocol):
         still_owner: Callable[[], bool] | None = None,
         rerun: bool = False,
         project: str | None = None,
+        relay: RelayTarget | None = None,
     ) -> tuple[dict[str, Any], int]:
         """Return (the MCP CallToolResult as wire JSON, attempts it took).
 

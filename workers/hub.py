@@ -27,6 +27,7 @@ from tasks.errors import ConfigError, ToolTimeoutError, UnknownServerError
 from tasks.policy.breaker import BreakerPolicy, BreakerStatus
 from tasks.policy.health import HealthPolicy
 from tasks.registry import ServerHealth
+from tasks.relay import RelayTarget
 from tasks.telemetry.calls import observe_call
 from tasks.telemetry.context import CallContext
 from workers import requests
@@ -188,6 +189,7 @@ class SessionHub:
         still_owner: Callable[[], bool] | None = None,
         rerun: bool = False,
         project: str | None = None,
+        relay: RelayTarget | None = None,
     ) -> tuple[dict[str, Any], int]:
         session = self._session(server, project)  # a per-project one is held until released
         held = project if self._per_project(server) else None
@@ -210,6 +212,7 @@ class SessionHub:
                     progress=notified if on_progress else None,
                     rerun=rerun,
                     still_owner=still_owner,
+                    relay=relay,
                 )
                 return wire(result), attempts
 

@@ -45,8 +45,10 @@ from tasks.errors import (
 )
 from tasks.policy.breaker import BreakerPolicy, BreakerState, BreakerStatus, allow, on_failure, on_success
 from tasks.policy.health import HealthPolicy, HealthState, observe
+from tasks.relay import RelayTarget
 from tasks.telemetry.calls import set_connection
 from tasks.validation import check_against_schema
+from workers.relay import SessionRelay
 from workers.stdio import stderr_tail, stdio_transport
 from workers.wire import (
     call_error,
@@ -114,6 +116,7 @@ class ServerSession:
         self._changed: anyio.Event | None = None
         self._auth: httpx2.Auth | None = None
         self.lease_s = 3.0  # workers/boot.py lease_s(): a lease older than this is checked before a call
+        self.relay = SessionRelay(name) if spec.relay else None  # workers/relay.py
         self.losses = 0  # connections lost so far (a crash, a dropped HTTP server)
         self._counted_loss = -1  # the loss the breaker last counted
 
@@ -206,7 +209,8 @@ class ServerSession:
                 self._set_state("restarting")
             wake.set()
 
-        async with Client(watched(transport, on_end), client_info=CLIENT_INFO) as client:
+        relayed = self.relay.client_options() if self.relay is not None else {}
+        async with Client(watched(transport, on_end), client_info=CLIENT_INFO, **relayed) as client:
             yield client
 
     def _http_auth(self) -> httpx2.Auth | None:
@@ -271,6 +275,7 @@ class ServerSession:
         progress: ProgressFnT | None = None,
         rerun: bool = False,
         still_owner: Callable[[], bool] | None = None,
+        relay: RelayTarget | None = None,
     ) -> tuple[CallToolResult, int]:
         """Call a tool through this worker's circuit breaker for the server.
 
@@ -287,15 +292,19 @@ class ServerSession:
                 f"{self.breaker_policy.threshold} failures in a row ({self.last_error or 'transport faults'})"
             )
         try:
-            out = await self._call(
-                tool,
-                arguments,
-                timeout_s=timeout_s,
-                meta=meta,
-                progress=progress,
-                rerun=rerun,
+            call = self._call(
+                tool, arguments, timeout_s=timeout_s, meta=meta, progress=progress, rerun=rerun,
                 still_owner=still_owner,
-            )
+            )  # fmt: skip
+            if self.relay is None:
+                out = await call
+            else:  # one call at a time: its server's questions are its caller's (workers/relay.py)
+                async with self.relay.lock:
+                    self.relay.current = relay
+                    try:
+                        out = await call
+                    finally:
+                        self.relay.current = None
         except ToolTimeoutError:
             if timeout_s is None:
                 self._set_breaker(on_failure(self.breaker, time.time(), self.breaker_policy))

@@ -213,7 +213,8 @@ def gateway_url(broker: str, scenarios: list[str], tmp_path_factory: pytest.Temp
     here = tmp_path_factory.mktemp("conformance")
     port = free_port()
     config = {
-        "servers": {"conformance": {"command": sys.executable, "args": [str(FIXTURE)]}},
+        # relay: the fixture's sampling, elicitation and log messages reach the suite (tasks/relay.py)
+        "servers": {"conformance": {"command": sys.executable, "args": [str(FIXTURE)], "relay": True}},
         "gateway": {"host": "127.0.0.1", "port": port, "defaultServer": "conformance"},
     }
     config_path = here / "config.json"
