@@ -74,6 +74,11 @@ class AuthRegistrationSection(_Section):
     max_bytes: int = Field(
         default=16_384, ge=1024, le=1_048_576, description="a bigger registration is refused"
     )
+    metadata_documents: bool = Field(default=True, description="https client ids: read their metadata there")
+    metadata_private_hosts: bool = Field(
+        default=False, description="fetch metadata documents from loopback and private addresses too"
+    )
+    metadata_ca_file: str | None = Field(default=None, description="unset: the system's CAs verify documents")
 
 
 JwtAlgorithm = Literal["RS256", "RS384", "RS512", "PS256", "ES256", "ES384", "EdDSA"]  # never none, never HS*

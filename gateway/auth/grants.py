@@ -91,9 +91,10 @@ class GrantStore:
     async def put_client(self, client_id: str, info: str, ttl_s: float) -> None:
         await self.r.set(f"{self.p}client:{client_id}", info, ex=max(1, int(ttl_s)))
 
-    async def get_client(self, client_id: str, ttl_s: float) -> bytes | None:
-        """The client's record, its unused-expiry started again (GETEX: one command)."""
-        raw = await self.r.getex(f"{self.p}client:{client_id}", ex=max(1, int(ttl_s)))
+    async def get_client(self, client_id: str, ttl_s: float, *, touch: bool = True) -> bytes | None:
+        """The client's record; with `touch`, its unused-expiry started again (GETEX: one command)."""
+        key = f"{self.p}client:{client_id}"
+        raw = await (self.r.getex(key, ex=max(1, int(ttl_s))) if touch else self.r.get(key))
         return raw if raw is None or isinstance(raw, bytes) else raw.encode()
 
     async def count_registration(self, issuer: str, source: str) -> int:

@@ -23,7 +23,6 @@ import logging
 import time
 import uuid
 from collections.abc import Callable
-from ipaddress import ip_address
 
 import anyio
 from mcp.server.auth.provider import (
@@ -40,6 +39,8 @@ from pydantic import AnyUrl
 
 from gateway.auth.grants import Grant, GrantStore, Pending
 from gateway.auth.keys import KeyRing
+from gateway.auth.metadata_docs import MetadataDocumentError, fetch_client, is_metadata_url
+from gateway.auth.redirects import check_redirect_uri
 from gateway.auth.scopes import grant, scopes_for_roles
 from gateway.auth.tokens import issue_token
 from gateway.auth.verifier import audience_of, issuer_of
@@ -47,7 +48,7 @@ from tasks.config_file import ConfigFile
 
 log = logging.getLogger(__name__)
 DAY_S = 86_400.0
-LOOPBACK_HOSTS = frozenset({"localhost", "127.0.0.1", "[::1]", "::1"})
+METADATA_CACHE_S = 3600  # a client ID metadata document is read again after this long
 
 
 class Code(AuthorizationCode):
@@ -58,36 +59,6 @@ class Code(AuthorizationCode):
 class Refresh(RefreshToken):
     family: str
     roles: list[str]
-
-
-def check_redirect_uri(uri: str) -> str | None:
-    """Why `uri` cannot be a registered redirect URI, or None: https anywhere, http only to a
-    loopback address (RFC 8252 7.3, a native client's local listener), no fragment (RFC 6749
-    3.1.2), no credentials in it. Anything else (javascript:, data:, a custom scheme, plain http to
-    another host) would let a registration send codes somewhere a user cannot see."""
-    scheme, sep, rest = uri.partition("://")
-    if not sep:
-        return "not an absolute URL"
-    scheme = scheme.lower()
-    authority = rest.split("/", 1)[0].split("?", 1)[0]
-    if "#" in uri:
-        return "has a fragment"
-    if "@" in authority:
-        return "carries credentials"
-    host = authority.rsplit(":", 1)[0] if not authority.startswith("[") else authority.split("]")[0] + "]"
-    host = host.lower()
-    if scheme == "https":
-        return None if host else "has no host"
-    if scheme == "http":
-        if host in LOOPBACK_HOSTS:
-            return None
-        try:
-            if ip_address(host.strip("[]")).is_loopback:
-                return None
-        except ValueError:
-            pass
-        return "http is allowed to a loopback address only (use https)"
-    return f"scheme {scheme!r} is not allowed (https, or http to a loopback address)"
 
 
 class InteractiveProvider:
@@ -106,15 +77,40 @@ class InteractiveProvider:
         self.issuer, self.audience = issuer_of(config), audience_of(config)
         self.ring, self.store, self.login_url, self.clock = ring, store, login_url, clock
         self.client_ttl_s = self.auth.registration.unused_client_days * DAY_S
+        self.scopes = list(dict.fromkeys(s for role in self.auth.roles.values() for s in role))
         self.refresh_ttl_s = self.auth.refresh_token_days * DAY_S
 
     # -- clients -------------------------------------------------------------------------------
 
     async def get_client(self, client_id: str) -> OAuthClientInformationFull | None:
+        registration = self.auth.registration
+        if registration.metadata_documents and is_metadata_url(client_id):
+            return await self._metadata_client(client_id)
         if not client_id or len(client_id) > 128:
             return None
         raw = await self.store.get_client(client_id, self.client_ttl_s)
         return None if raw is None else OAuthClientInformationFull.model_validate_json(raw)
+
+    async def _metadata_client(self, url: str) -> OAuthClientInformationFull | None:
+        """A client ID metadata document's client (gateway/auth/metadata_docs.py), read again at
+        most every METADATA_CACHE_S; None (and why, in the log) when it is not acceptable."""
+        raw = await self.store.get_client(url, METADATA_CACHE_S, touch=False)
+        if raw is not None:
+            return OAuthClientInformationFull.model_validate_json(raw)
+        registration = self.auth.registration
+        try:
+            client = await fetch_client(
+                url,
+                scopes=self.scopes,
+                private_hosts=registration.metadata_private_hosts,
+                ca_file=registration.metadata_ca_file,
+            )
+        except MetadataDocumentError as exc:
+            log.warning("client id metadata document refused: %.200s: %s", url, exc)
+            return None
+        await self.store.put_client(url, client.model_dump_json(), METADATA_CACHE_S)
+        log.info("client id metadata document read: %.200s (%s)", url, (client.client_name or "unnamed")[:80])
+        return client
 
     async def register_client(self, client_info: OAuthClientInformationFull) -> None:
         uris = [str(u) for u in client_info.redirect_uris or []]

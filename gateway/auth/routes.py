@@ -216,6 +216,8 @@ def metadata(config: ConfigFile) -> dict[str, Any]:
         ]
         if auth.registration.enabled:
             meta["registration_endpoint"] = f"{issuer}/register"
+        if auth.registration.metadata_documents:
+            meta["client_id_metadata_document_supported"] = True
     return meta
 
 

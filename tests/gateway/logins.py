@@ -15,7 +15,9 @@ from html import unescape
 from typing import Any
 from urllib.parse import parse_qs, urlencode, urlparse
 
+import anyio
 import httpx2
+from mcp.shared.auth import AuthorizationCodeResult
 
 from tests.gateway.conftest import ROLES, SEEN, RunningGateway
 
@@ -25,7 +27,9 @@ REDIRECT = "http://127.0.0.1:33418/callback"  # never listened on: the tests rea
 PER_HOUR = 80
 
 
-def start_login_gateway(gateway_factory: Callable[..., RunningGateway]) -> RunningGateway:
+def start_login_gateway(
+    gateway_factory: Callable[..., RunningGateway], **registration: Any
+) -> RunningGateway:
     from gateway.auth.passwords import hash_secret
 
     users = {
@@ -39,7 +43,7 @@ def start_login_gateway(gateway_factory: Callable[..., RunningGateway]) -> Runni
                 "tokenTtl": 600,
                 "roles": ROLES,
                 "users": users,
-                "registration": {"perSourcePerHour": PER_HOUR, "maxBytes": 4096},
+                "registration": {"perSourcePerHour": PER_HOUR, "maxBytes": 4096, **registration},
             }
         }
     )
@@ -156,3 +160,26 @@ def fresh_tokens(gw: RunningGateway, user: str = "alice") -> tuple[str, dict[str
     pkce = Pkce.new()
     query = log_in(gw, client, pkce, user)
     return client, tokens_of(exchange(gw, client, query["code"], pkce.verifier))
+
+
+class HeadlessBrowser:
+    """The MCP SDK client's redirect and callback handlers, with a browser of our own: it
+    follows the authorization URL to the login page, signs `user` in and allows."""
+
+    def __init__(self, user: str) -> None:
+        self.user = user
+        self.seen: dict[str, str] = {}
+
+    async def redirect_handler(self, url: str) -> None:
+        def browse() -> None:
+            with httpx2.Client() as http:
+                action, request_id = login_form(http, url)
+                answer = submit(http, action, request_id, self.user, PASSWORDS[self.user])
+                assert answer.status_code == 303, answer.text
+                self.seen.update(redirect_query(answer))
+
+        await anyio.to_thread.run_sync(browse)
+
+    async def callback_handler(self) -> AuthorizationCodeResult:
+        seen = self.seen
+        return AuthorizationCodeResult(code=seen["code"], state=seen.get("state"), iss=seen.get("iss"))

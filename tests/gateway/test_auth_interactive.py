@@ -17,7 +17,6 @@ import pytest
 from mcp.client.auth import OAuthClientProvider
 from mcp.client.streamable_http import streamable_http_client
 from mcp.shared.auth import (
-    AuthorizationCodeResult,
     OAuthClientMetadata,
     OAuthToken,
 )
@@ -34,6 +33,7 @@ from tests.gateway.conftest import (
 from tests.gateway.logins import (
     PASSWORDS,
     REDIRECT,
+    HeadlessBrowser,
     Pkce,
     authorize,
     exchange,
@@ -83,20 +83,7 @@ def test_sdk_authorization_code_client_registers_logs_in_and_calls(
     """OAuthClientProvider, unchanged: 401 -> RFC 9728 -> RFC 8414 -> register -> authorize (a
     headless browser fills the login page) -> token -> the call; alice's role lets her see and call
     the time server only."""
-    seen: dict[str, str] = {}
-
-    async def redirect_handler(url: str) -> None:
-        def browse() -> None:
-            with httpx2.Client() as http:
-                action, request_id = login_form(http, url)
-                answer = submit(http, action, request_id, "alice", PASSWORDS["alice"])
-                assert answer.status_code == 303, answer.text
-                seen.update(redirect_query(answer))
-
-        await anyio.to_thread.run_sync(browse)
-
-    async def callback_handler() -> AuthorizationCodeResult:
-        return AuthorizationCodeResult(code=seen["code"], state=seen.get("state"), iss=seen.get("iss"))
+    browser = HeadlessBrowser("alice")
 
     async def main() -> tuple[list[str], Any, OAuthToken | None]:
         storage = MemoryTokens()
@@ -108,8 +95,8 @@ def test_sdk_authorization_code_client_registers_logs_in_and_calls(
                 client_name="sdk test client",
             ),
             storage=storage,
-            redirect_handler=redirect_handler,
-            callback_handler=callback_handler,
+            redirect_handler=browser.redirect_handler,
+            callback_handler=browser.callback_handler,
         )
         async with (
             httpx2.AsyncClient(auth=provider, timeout=30) as http,
@@ -122,7 +109,7 @@ def test_sdk_authorization_code_client_registers_logs_in_and_calls(
     names, result, tokens = anyio.run(main)
     assert names and all(n.startswith("time__") for n in names), names
     assert result.is_error is False
-    assert seen["iss"] == login_gw.base
+    assert browser.seen["iss"] == login_gw.base
     assert tokens is not None and tokens.refresh_token
     assert tokens.scope == "tools:call:time/*"
 

@@ -1,11 +1,11 @@
-"""Which redirect URIs a dynamically registered client may have (gateway/auth/interactive.py):
+"""Which redirect URIs a dynamically registered client may have (gateway/auth/redirects.py):
 https anywhere, http to a loopback address only; never a fragment, credentials or another scheme."""
 
 from __future__ import annotations
 
 import pytest
 
-from gateway.auth.interactive import check_redirect_uri
+from gateway.auth.redirects import check_redirect_uri
 
 
 @pytest.mark.parametrize(
