@@ -163,3 +163,36 @@ def cluster(everything_http: str) -> Iterator[list[Any]]:
     yield workers
     for w in workers:
         w.stop()
+
+
+RELAY_SERVER = "relayer"  # the conformance fixture, with relay on: it asks its caller questions
+
+
+@pytest.fixture(scope="session")
+def relay_worker(broker: str, tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
+    """A real `celery worker` running the conformance fixture as RELAY_SERVER with `relay: true`
+    (tests/integration/test_relay.py, tests/gateway/test_gateway_relay.py); its node name."""
+    from tasks import app
+    from tasks.store import catalog_store
+    from workers.launcher import WorkerProcess, wait_for
+
+    fixture = ROOT / "tests" / "servers" / "conformance_server.py"
+    config = {"servers": {RELAY_SERVER: {"command": sys.executable, "args": [str(fixture)], "relay": True}}}
+    path = tmp_path_factory.mktemp("relay") / "config.json"
+    path.write_text(json.dumps(config))
+    logs = DATA_DIR / "logs"
+    logs.mkdir(exist_ok=True)
+    node = f"rl@{socket.gethostname()}"
+    worker = WorkerProcess(
+        "rl@%h", [RELAY_SERVER], env={"AGENTFUL_CONFIG": str(path)}, log_path=logs / "rl.log"
+    ).start()
+    try:
+        assert wait_for(lambda: bool(app.control.ping(destination=[node], timeout=0.5)), 60), "worker rl down"
+        store = catalog_store()
+        assert store is not None
+        assert wait_for(lambda: RELAY_SERVER in store.load(), 60), (
+            "the worker never published the fixture's tools"
+        )
+        yield node
+    finally:
+        worker.stop()

@@ -33,6 +33,7 @@ class SessionRelay:
     def __init__(self, server: str) -> None:
         self.server = server
         self.lock = anyio.Lock()  # one call at a time: see the module
+        self._sending = anyio.Lock()  # log lines leave in the order they came (a FIFO lock)
         self.current: RelayTarget | None = None
         self.dropped_logs = 0
 
@@ -43,6 +44,22 @@ class SessionRelay:
             "elicitation_callback": self.elicitation,
             "logging_callback": self.logging,
         }
+
+    async def connected(self, client: Any) -> None:
+        """A new connection: ask for every log line (`logging/setLevel` debug, if the server logs);
+        each call's caller gets those at its own level and above (`logging`)."""
+        try:
+            if client.server_capabilities.logging is not None:
+                await client.set_logging_level("debug")
+        except Exception as exc:  # a server that refuses the level still serves its tools
+            log.info("MCP server %s: logging/setLevel refused: %s", self.server, exc)
+
+    async def drained(self) -> None:
+        """Once the call has its result: every log line it caused is published (so a caller that
+        stops listening at the result has them all, as with progress)."""
+        await anyio.sleep(0)  # the callback tasks of the last notifications start and queue up
+        async with self._sending:
+            pass
 
     async def sampling(self, context: Any, params: types.CreateMessageRequestParams) -> Any:
         result = await self._ask("sampling/createMessage", params, "sampling")
@@ -61,7 +78,8 @@ class SessionRelay:
             self.dropped_logs += 1
             return
         event = relay.log_event(str(params.level), _jsonable(params.data), params.logger)
-        await anyio.to_thread.run_sync(_publish, target, event)
+        async with self._sending:  # the SDK starts one callback task per notification, in order
+            await anyio.to_thread.run_sync(_publish, target, event)
 
     async def _ask(self, method: str, params: Any, what: str) -> dict[str, Any] | types.ErrorData:
         target = self.current

@@ -135,6 +135,8 @@ class ServerSession:
                 with anyio.CancelScope(deadline=anyio.current_time() + self.spec.start_timeout_s) as scope:
                     async with AsyncExitStack() as stack:
                         client = await stack.enter_async_context(self._client(stack))
+                        if self.relay is not None:
+                            await self.relay.connected(client)
                         tools = await list_all_tools(client)
                         scope.deadline = math.inf
                         connected = True
@@ -303,6 +305,7 @@ class ServerSession:
                     self.relay.current = relay
                     try:
                         out = await call
+                        await self.relay.drained()
                     finally:
                         self.relay.current = None
         except ToolTimeoutError:

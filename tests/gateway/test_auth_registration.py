@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import os
 import subprocess
+import time
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
@@ -19,6 +20,7 @@ from tests.gateway.conftest import Capture, RunningGateway, assert_no_secret_log
 from tests.gateway.logins import (
     PER_HOUR,
     Pkce,
+    authorize,
     exchange,
     log_in,
     register,
@@ -118,3 +120,20 @@ def test_zy_registrations_are_capped_per_source_address(login_gw: RunningGateway
 
 def test_zz_no_token_secret_or_password_in_any_log(captured_logs: Capture) -> None:
     assert_no_secret_logged(captured_logs, "client registration refused")
+
+
+def test_unused_clients_are_forgotten_and_used_ones_kept(
+    gateway_factory: Callable[..., RunningGateway],
+) -> None:
+    """registration.unusedClientDays (here 3 s): a client nobody used is gone; each use starts
+    its time again."""
+    gw = start_login_gateway(gateway_factory, unusedClientDays=3 / 86_400)
+    idle = registered(gw)["client_id"]
+    busy = registered(gw)["client_id"]
+    for _ in range(3):
+        time.sleep(1.5)
+        assert authorize(gw, busy, Pkce.new()).status_code == 302  # a use: its 5 s start again
+    time.sleep(2.0)  # idle: 6.5 s unused by now, busy 2 s
+    r = authorize(gw, idle, Pkce.new())
+    assert r.status_code == 400 and "not found" in r.text, r.text
+    assert authorize(gw, busy, Pkce.new()).status_code == 302

@@ -6,45 +6,12 @@ server a clear error; bad relay options are refused before anything is queued.""
 
 from __future__ import annotations
 
-import json
-import socket
-import sys
 import threading
-from collections.abc import Iterator
 from typing import Any
 
 import pytest
 
-from tests.conftest import DATA_DIR, ROOT
-
-FIXTURE = ROOT / "tests" / "servers" / "conformance_server.py"
-SERVER = "relayer"
-
-
-@pytest.fixture(scope="module")
-def relay_worker(broker: str, tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
-    from tasks import app
-    from tasks.store import catalog_store
-    from workers.launcher import WorkerProcess, wait_for
-
-    here = tmp_path_factory.mktemp("relay")
-    config = {"servers": {SERVER: {"command": sys.executable, "args": [str(FIXTURE)], "relay": True}}}
-    path = here / "config.json"
-    path.write_text(json.dumps(config))
-    logs = DATA_DIR / "logs"
-    logs.mkdir(exist_ok=True)
-    node = f"rl@{socket.gethostname()}"
-    worker = WorkerProcess(
-        "rl@%h", [SERVER], env={"AGENTFUL_CONFIG": str(path)}, log_path=logs / "rl.log"
-    ).start()
-    try:
-        assert wait_for(lambda: bool(app.control.ping(destination=[node], timeout=0.5)), 60), "worker rl down"
-        store = catalog_store()
-        assert store is not None
-        assert wait_for(lambda: SERVER in store.load(), 60), "the worker never published the fixture's tools"
-        yield node
-    finally:
-        worker.stop()
+from tests.conftest import RELAY_SERVER as SERVER
 
 
 def text_of(result: dict[str, Any]) -> str:
