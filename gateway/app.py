@@ -106,7 +106,7 @@ def build_app(config: ConfigFile, gateway: Gateway | None = None, *, host: str |
         # JSON responses, but SSE for a request with a progressToken, or a call of a server whose
         # questions and log lines go to its client (gateway/streaming.py, gateway/relay.py).
         streaming.install(gateway.server.session_manager)
-        relaying = frozenset(name for name, spec in config.servers.items() if spec.relay)
+        relaying = gateway.relay_servers
 
         def relayed(payload: Mapping[str, Any]) -> bool:
             params = payload.get("params")

@@ -109,6 +109,8 @@ class Gateway:
         self.separator = config.gateway.separator
         self.default_server = config.gateway.default_server
         self.auth_enabled = config.gateway.auth.enabled
+        # servers whose questions and log lines go to the caller (gateway/relay.py)
+        self.relay_servers = frozenset(name for name, spec in config.servers.items() if spec.relay)
         self.index = Index()  # tools: exposed name -> (server, spec), of the servers a worker runs
         self.catalog_index = Index()  # the same for every server of the catalog
         self.tools_cache: list[types.Tool] | None = None
@@ -284,8 +286,7 @@ class Gateway:
 
     def relay_wish(self, ctx: ServerRequestContext[Any, Any], server: str) -> RelayWish | None:
         """What this request's client answers of a `relay` server's questions and logs (None: nothing)."""
-        spec = self.config.servers.get(server)
-        if spec is None or not spec.relay:
+        if server not in self.relay_servers:
             return None
         connection = getattr(ctx.session, "_connection", None)  # the SDK keeps it private
         level = self.clients.log_levels.get(connection, "info") if connection is not None else "info"

@@ -40,20 +40,21 @@ def call_interactive(
     from celery import uuid as celery_uuid
 
     from tasks.api import call_tool
-    from tasks.progress import _client, _store_url, channel
+    from tasks.progress import channel, redis_client, store_url
 
-    url = _store_url()
+    url = store_url()
     wish = RelayWish(
         on_sampling is not None, on_elicitation is not None, log_level if on_log else None, relay_wait_s
     )
-    check_relay(wish.as_option())
+    option = wish.as_option()
+    check_relay(option)
     task_id = celery_uuid()
-    client = _client(url)
+    client = redis_client(url)
     pubsub = client.pubsub(ignore_subscribe_messages=True)  # type: ignore[no-untyped-call]
     pubsub.subscribe(channel(task_id))
     try:
         result = call_tool.apply_async(
-            (server, tool, arguments), {**options, "relay": wish.as_option()}, task_id=task_id
+            (server, tool, arguments), {**options, "relay": option}, task_id=task_id
         )
         deadline = time.monotonic() + timeout_s
         while time.monotonic() < deadline:

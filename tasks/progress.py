@@ -62,7 +62,7 @@ _clients: dict[str, redis.Redis] = {}
 _clients_lock = threading.Lock()
 
 
-def _client(url: str) -> redis.Redis:
+def redis_client(url: str) -> redis.Redis:
     """One client (a thread-safe connection pool) per Redis URL and process."""
     with _clients_lock:
         client = _clients.get(url)
@@ -74,7 +74,13 @@ def _client(url: str) -> redis.Redis:
 
 def publish(url: str, task_id: str, progress: float, total: float | None, message: str | None) -> int:
     """Publish one progress event; returns how many subscribers got it (0 is fine)."""
-    return int(_client(url).publish(channel(task_id), encode(progress, total, message)))
+    return publish_event(url, task_id, encode(progress, total, message))
+
+
+def publish_event(url: str, task_id: str, data: str) -> int:
+    """Publish one event (progress, or a relayed question or log line: tasks/relay.py) on the
+    task's channel; how many subscribers got it."""
+    return int(redis_client(url).publish(channel(task_id), data))
 
 
 class _Ready(Protocol):
@@ -86,7 +92,7 @@ class Subscription:
 
     def __init__(self, url: str, task_id: str) -> None:
         self.task_id = task_id
-        self._pubsub = _client(url).pubsub(ignore_subscribe_messages=True)  # type: ignore[no-untyped-call]
+        self._pubsub = redis_client(url).pubsub(ignore_subscribe_messages=True)  # type: ignore[no-untyped-call]
         self._pubsub.subscribe(channel(task_id))
 
     def get(self, timeout_s: float) -> ProgressEvent | None:
@@ -128,7 +134,7 @@ class Subscription:
         self.close()
 
 
-def _store_url() -> str:
+def store_url() -> str:
     from tasks.store import catalog_store
 
     store = catalog_store()
@@ -139,7 +145,7 @@ def _store_url() -> str:
 
 def subscribe(task_id: str, *, url: str | None = None) -> Subscription:
     """Subscribe to a task's progress now (before submitting it with that `task_id`)."""
-    return Subscription(url or _store_url(), task_id)
+    return Subscription(url or store_url(), task_id)
 
 
 def follow(result: Any, *, timeout_s: float | None = None, url: str | None = None) -> Iterator[ProgressEvent]:

@@ -114,7 +114,9 @@ def ask_event(method: str, params: dict[str, Any], reply: str) -> str:
 
 
 def log_event(level: str, data: Any, logger: str | None) -> str:
-    return json.dumps({"kind": "log", "level": level, "data": data, "logger": logger}, separators=(",", ":"))
+    """A log line's event; data JSON cannot hold travels as its repr."""
+    event = {"kind": "log", "level": level, "data": data, "logger": logger}
+    return json.dumps(event, separators=(",", ":"), default=repr)
 
 
 def answer_body(result: dict[str, Any] | None = None, *, code: int = -32603, message: str = "") -> str:

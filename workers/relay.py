@@ -22,6 +22,7 @@ import anyio
 import mcp_types as types
 
 from tasks import relay
+from tasks.progress import publish_event
 from tasks.relay import RelayTarget
 
 log = logging.getLogger(__name__)
@@ -35,7 +36,6 @@ class SessionRelay:
         self.lock = anyio.Lock()  # one call at a time: see the module
         self._sending = anyio.Lock()  # log lines leave in the order they came (a FIFO lock)
         self.current: RelayTarget | None = None
-        self.dropped_logs = 0
 
     def client_options(self) -> dict[str, Any]:
         return {
@@ -75,19 +75,16 @@ class SessionRelay:
         target = self.current
         floor = target.wish.log_level if target is not None else None
         if target is None or floor is None or not relay.level_at_least(str(params.level), floor):
-            self.dropped_logs += 1
             return
-        event = relay.log_event(str(params.level), _jsonable(params.data), params.logger)
+        event = relay.log_event(str(params.level), params.data, params.logger)
         async with self._sending:  # the SDK starts one callback task per notification, in order
             await anyio.to_thread.run_sync(_publish, target, event)
 
     async def _ask(self, method: str, params: Any, what: str) -> dict[str, Any] | types.ErrorData:
         target = self.current
         if target is None or not getattr(target.wish, what):
-            return types.ErrorData(
-                code=types.INVALID_REQUEST,
-                message=f"{method}: the caller of this call cannot answer it (it did not offer {what})",
-            )
+            why = f"{method}: the caller of this call cannot answer it (it did not offer {what})"
+            return _error(why, types.INVALID_REQUEST)
         reply = relay.new_reply_key(target.task_id)
         body = params.model_dump(by_alias=True, mode="json", exclude_none=True)
         event = relay.ask_event(method, body, reply)
@@ -100,10 +97,7 @@ class SessionRelay:
             log.info("call %s: %s not relayed: %s", target.task_id, method, exc)
             return _error(f"{method} could not reach the caller: {exc}")
         if answer is None:
-            return types.ErrorData(
-                code=types.INTERNAL_ERROR,
-                message=f"{method}: the caller did not answer within {target.wish.wait_s:g} s",
-            )
+            return _error(f"{method}: the caller did not answer within {target.wish.wait_s:g} s")
         error = answer.get("error")
         if isinstance(error, dict):
             return _error(str(error.get("message")), int(error.get("code", types.INTERNAL_ERROR)))
@@ -118,9 +112,7 @@ def _error(message: str, code: int = types.INTERNAL_ERROR) -> types.ErrorData:
 
 
 def _publish(target: RelayTarget, event: str) -> int:
-    from tasks.progress import _client, channel
-
-    return int(_client(target.url).publish(channel(target.task_id), event))
+    return publish_event(target.url, target.task_id, event)
 
 
 _waiters: dict[str, Any] = {}
@@ -139,11 +131,3 @@ def _wait(target: RelayTarget, reply: str) -> dict[str, Any] | None:
         return None
     answer = json.loads(got[1])
     return answer if isinstance(answer, dict) else None
-
-
-def _jsonable(data: Any) -> Any:
-    try:
-        json.dumps(data)
-        return data
-    except (TypeError, ValueError):
-        return repr(data)

@@ -29,7 +29,8 @@ def _when(ts: float) -> str:
 def hash_secret_cmd(
     stdin: Annotated[bool, typer.Option("--stdin", help="hash the secret read from stdin")] = False,
 ) -> None:
-    """Make a client secret (or read one from stdin) and print its hash for `secretHash`."""
+    """Make a client secret (or read one, or a user's password, from stdin) and print its hash
+    for `secretHash` (clients) or `passwordHash` (users)."""
     from gateway.auth.passwords import hash_secret, new_secret
 
     if stdin:

@@ -149,13 +149,14 @@ def interactive_routes(
     issuer = issuer_of(config)
     store = grant_store()
     provider = InteractiveProvider(config, ring, store, login_url=f"{issuer}/login", clock=clock)
-    scopes = list(dict.fromkeys(s for role in auth.roles.values() for s in role))
     try:
         sdk = create_auth_routes(
             provider,
             AnyHttpUrl(issuer),
             client_registration_options=ClientRegistrationOptions(
-                enabled=auth.registration.enabled, valid_scopes=scopes, default_scopes=scopes
+                enabled=auth.registration.enabled,
+                valid_scopes=provider.scopes,
+                default_scopes=provider.scopes,
             ),
             revocation_options=RevocationOptions(enabled=True),
         )

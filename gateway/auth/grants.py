@@ -146,8 +146,11 @@ class GrantStore:
 
     async def get_code(self, code: str) -> tuple[Grant | None, str | None]:
         """(the code's grant, None), or (None, family) for a code that was used already."""
-        key = digest(code)
-        raw, used = await self.r.mget(f"{self.p}code:{key}", f"{self.p}used:{key}")
+        return await self._lookup("code", code)
+
+    async def _lookup(self, kind: str, secret: str) -> tuple[Grant | None, str | None]:
+        key = digest(secret)
+        raw, used = await self.r.mget(f"{self.p}{kind}:{key}", f"{self.p}used:{key}")
         if used is not None:
             return None, _text(used)
         return (None if raw is None else Grant.from_json(raw)), None
@@ -175,11 +178,7 @@ class GrantStore:
 
     async def get_refresh(self, token: str) -> tuple[Grant | None, str | None]:
         """(the token's grant, None), or (None, family) for a token that was rotated already."""
-        key = digest(token)
-        raw, used = await self.r.mget(f"{self.p}refresh:{key}", f"{self.p}used:{key}")
-        if used is not None:
-            return None, _text(used)
-        return (None if raw is None else Grant.from_json(raw)), None
+        return await self._lookup("refresh", token)
 
     async def take_refresh(self, token: str) -> Grant | None:
         """The token's grant, the token gone and remembered as used (GETDEL: one wins a race)."""

@@ -23,6 +23,7 @@ import logging
 import time
 import uuid
 from collections.abc import Callable
+from typing import Any
 
 import anyio
 from mcp.server.auth.provider import (
@@ -61,6 +62,18 @@ class Refresh(RefreshToken):
     roles: list[str]
 
 
+def _granted(record: Grant) -> dict[str, Any]:
+    """What a code and a refresh token of one grant both say."""
+    return {
+        "client_id": record.client_id,
+        "scopes": record.scopes,
+        "resource": record.resource,
+        "subject": record.subject,
+        "family": record.family,
+        "roles": record.roles,
+    }
+
+
 class InteractiveProvider:
     """The SDK's `OAuthAuthorizationServerProvider`, backed by `GrantStore` (Redis)."""
 
@@ -77,7 +90,7 @@ class InteractiveProvider:
         self.issuer, self.audience = issuer_of(config), audience_of(config)
         self.ring, self.store, self.login_url, self.clock = ring, store, login_url, clock
         self.client_ttl_s = self.auth.registration.unused_client_days * DAY_S
-        self.scopes = list(dict.fromkeys(s for role in self.auth.roles.values() for s in role))
+        self.scopes = scopes_for_roles(self.auth.roles, self.auth.roles)  # every role's
         self.refresh_ttl_s = self.auth.refresh_token_days * DAY_S
 
     # -- clients -------------------------------------------------------------------------------
@@ -189,16 +202,11 @@ class InteractiveProvider:
             return None
         return Code(
             code=authorization_code,
-            scopes=record.scopes,
             expires_at=record.expires_at,
-            client_id=record.client_id,
             code_challenge=record.code_challenge,
             redirect_uri=AnyUrl(record.redirect_uri),
             redirect_uri_provided_explicitly=record.redirect_uri_provided_explicitly,
-            resource=record.resource,
-            subject=record.subject,
-            family=record.family,
-            roles=record.roles,
+            **_granted(record),
         )
 
     async def exchange_authorization_code(
@@ -222,16 +230,7 @@ class InteractiveProvider:
         record = await self._unused(found, "a refresh token was used after its rotation", client)
         if record is None:
             return None
-        return Refresh(
-            token=refresh_token,
-            client_id=record.client_id,
-            scopes=record.scopes,
-            expires_at=int(record.expires_at),
-            resource=record.resource,
-            subject=record.subject,
-            family=record.family,
-            roles=record.roles,
-        )
+        return Refresh(token=refresh_token, expires_at=int(record.expires_at), **_granted(record))
 
     async def exchange_refresh_token(
         self, client: OAuthClientInformationFull, refresh_token: Refresh, scopes: list[str]

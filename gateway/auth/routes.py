@@ -183,10 +183,6 @@ class TokenEndpoint:
         raise TokenRequestError(401, "invalid_client", "unknown client or wrong secret", basic=basic)
 
 
-def all_scopes(config: ConfigFile) -> list[str]:
-    return list(dict.fromkeys(s for scopes in config.gateway.auth.roles.values() for s in scopes))
-
-
 def metadata(config: ConfigFile) -> dict[str, Any]:
     """RFC 8414 authorization server metadata of the built-in issuer."""
     issuer = issuer_of(config)
@@ -199,7 +195,7 @@ def metadata(config: ConfigFile) -> dict[str, Any]:
         "response_types_supported": [],
         "grant_types_supported": ["client_credentials"],
         "token_endpoint_auth_methods_supported": ["client_secret_basic", "client_secret_post"],
-        "scopes_supported": all_scopes(config),
+        "scopes_supported": scopes_for_roles(auth.roles, auth.roles),  # every role's
         "service_documentation": None,
     }
     if auth.users:
