@@ -105,7 +105,8 @@ def list_cmd(
 
 @keys_app.command("remove")
 def remove_cmd(kid: str, config: ConfigOpt = None) -> None:
-    """Remove a key at once (a leaked key): tokens it signed are refused within seconds."""
+    """Remove a key at once (a leaked key): tokens it signed are refused within seconds. A kid
+    that starts with '-' goes after `--`: agentful keys remove -- -uQ2..."""
     _setup(config)
     from gateway.auth.keys import open_key_store
 

@@ -52,7 +52,8 @@ def test_rotate_list_remove(tmp_path: Path) -> None:
     rows = json.loads(listing.stdout)["keys"]
     assert [r["state"] for r in rows] == ["verifying", "signing"], rows
     assert all("ENCRYPTED" in p.read_text() for p in keys.glob("*.json"))  # at rest, under the passphrase
-    gone = agentful("keys", "remove", rows[0]["kid"], "-c", str(config), env=env)
+    # A kid is base64url: one in 64 starts with '-', which only `--` keeps from being an option.
+    gone = agentful("keys", "remove", "-c", str(config), "--", rows[0]["kid"], env=env)
     assert gone.returncode == 0, gone.stderr
     rows = json.loads(agentful("keys", "list", "--json", "-c", str(config), env=env).stdout)["keys"]
     assert [r["state"] for r in rows] == ["signing"]
