@@ -6,8 +6,12 @@
 from __future__ import annotations
 
 from beat.schedule import beat_schedule as _beat_schedule
-from tasks.catalog import is_redis_url as _is_redis_url
 from tasks.delivery.backend import BACKEND_CLASS as _FENCED_BACKEND
+from tasks.delivery.backend import SENTINEL_BACKEND_CLASS as _FENCED_SENTINEL_BACKEND
+from tasks.redis_urls import KEEPALIVE_OPTIONS as _KEEPALIVE
+from tasks.redis_urls import is_redis_url as _is_redis_url
+from tasks.redis_urls import is_sentinel_url as _is_sentinel_url
+from tasks.redisconn import sentinel_node_options as _sentinel_node_options
 from tasks.routing import CONTROL_QUEUE
 from tasks.settings import get_config, get_settings, resolved_broker_url, resolved_result_backend
 
@@ -19,9 +23,13 @@ _backend_url = resolved_result_backend(_settings, broker_url)
 # RedisBackend with one script for the store (tasks/delivery/backend.py), named in Celery's
 # `class+url` form. Everything else reads the plain URL from tasks.settings.
 result_backend = f"{_FENCED_BACKEND}+{_backend_url}" if _is_redis_url(_backend_url) else _backend_url
+if _is_sentinel_url(_backend_url):
+    result_backend = f"{_FENCED_SENTINEL_BACKEND}+{_backend_url}"
 if _is_redis_url(broker_url):
     # kombu's Redis transport with an atomic take (tasks/delivery/transport.py).
     broker_transport = "tasks.delivery.transport:Transport"
+if _is_sentinel_url(broker_url):
+    broker_transport = "tasks.delivery.transport:SentinelTransport"
 
 task_serializer = "json"
 result_serializer = "json"
@@ -80,6 +88,26 @@ task_publish_retry_policy = {
     "interval_max": 0.5,
 }
 broker_transport_options: dict[str, object] = {"socket_connect_timeout": 3, "socket_timeout": 10}
+if _is_redis_url(broker_url):
+    # A connection to a broker host that vanished fails in ~11 s, not minutes (tasks/redis_urls.py).
+    broker_transport_options.update(socket_keepalive=True, socket_keepalive_options=_KEEPALIVE)
+    # Over Sentinel, `.delay()` returns once a replica has the call too (tasks/delivery/transport.py).
+    broker_transport_options["wait_replicas"] = _settings.replicas_to_wait(broker_url)
+    broker_transport_options["wait_replicas_ms"] = _settings.wait_replicas_ms
+# Over Sentinel (docs/deployment.md "No single broker host"): kombu and Celery ask the Sentinels
+# for the primary on every new connection; a dead Sentinel costs a short timeout, no retries.
+_sentinel_options: dict[str, object] = {
+    "master_name": _settings.sentinel_master,
+    "sentinel_kwargs": _sentinel_node_options(),
+}
+if _is_sentinel_url(broker_url):
+    broker_transport_options.update(_sentinel_options)
+if _is_sentinel_url(_backend_url):
+    result_backend_transport_options = {
+        **_sentinel_options,
+        "wait_replicas": _settings.replicas_to_wait(_backend_url),
+        "wait_replicas_ms": _settings.wait_replicas_ms,
+    }
 if not _is_redis_url(broker_url):
     # RabbitMQ: `.delay()` returns once the broker has the message (publisher confirms), so a
     # broker killed right after loses no call; its queues and messages are durable.

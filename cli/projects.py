@@ -18,6 +18,7 @@ from rich.console import Console
 from rich.table import Table
 
 from tasks.errors import BrokerUnavailableError
+from tasks.redisconn import connect
 
 
 def collect() -> list[dict[str, Any]]:
@@ -29,7 +30,7 @@ def collect() -> list[dict[str, Any]]:
     if store is None:
         raise BrokerUnavailableError("agentful projects needs a Redis or Valkey broker or result backend")
     try:
-        client = redis.Redis.from_url(store.url, socket_connect_timeout=3, socket_timeout=5)
+        client = connect(store.url, socket_connect_timeout=3, socket_timeout=5)
         records = all_records(client)
         alive = Registry(store.url).alive()
     except redis.RedisError as exc:

@@ -28,6 +28,8 @@ from typing import Any
 import redis.asyncio as aioredis
 from celery import states
 
+from tasks.redisconn import connect_async
+
 log = logging.getLogger(__name__)
 
 ProgressFn = Callable[[dict[str, Any]], Awaitable[None]]
@@ -58,7 +60,7 @@ class ResultWaiter:
     _ready: asyncio.Event = field(default_factory=asyncio.Event)
 
     async def start(self) -> None:
-        self._client = aioredis.Redis.from_url(self.url, socket_connect_timeout=3, health_check_interval=30)
+        self._client = connect_async(self.url, socket_connect_timeout=3, health_check_interval=30)
         self._ready = asyncio.Event()
         self._reader = asyncio.create_task(self._read_forever(), name="gateway-results")
         self._sweeper = asyncio.create_task(self._sweep_forever(), name="gateway-results-sweep")

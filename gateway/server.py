@@ -161,10 +161,11 @@ class Gateway:
         from tasks.api import catalog_store
         from tasks.app import app
         from tasks.catalog import plain_url
+        from tasks.redis_urls import is_redis_url
 
         store = catalog_store()
         backend_url = plain_url(str(app.conf.result_backend or ""))
-        url = backend_url if backend_url.startswith(("redis://", "rediss://", "unix://")) else None
+        url = backend_url if is_redis_url(backend_url) else None
         if url is None and store is not None:
             url = store.url
         if url is None:

@@ -41,6 +41,7 @@ from tasks.errors import (
 )
 from tasks.policy.backoff import RetryPolicy
 from tasks.queues import SERVER_HEADER
+from tasks.redisconn import connect
 from tasks.registry import Registry, lease_s
 from tasks.relay import RelayTarget, check_relay
 from tasks.router import ClusterRouter, RedisAffinity
@@ -97,7 +98,7 @@ def _route(server: str, project_id: str | None) -> str:
         with _router_lock:
             if _router is None:
                 settings = get_settings()
-                client = redis.Redis.from_url(store.url, socket_connect_timeout=3, socket_timeout=5)
+                client = connect(store.url, socket_connect_timeout=3, socket_timeout=5)
                 has_workspace = get_config().projects.names
                 _router = ClusterRouter(
                     Registry(store.url),

@@ -17,6 +17,7 @@ from typing import Any, Protocol
 import redis
 
 from tasks.errors import BrokerUnavailableError
+from tasks.redisconn import connect
 
 CATALOG_KEY = "agentful:catalog"
 
@@ -88,7 +89,7 @@ class RedisCatalogStore:
 
     def __init__(self, url: str, *, timeout_s: float = 3.0) -> None:
         self.url = url
-        self._client = redis.Redis.from_url(
+        self._client = connect(
             url, socket_connect_timeout=timeout_s, socket_timeout=timeout_s, retry_on_timeout=False
         )
 
@@ -139,10 +140,6 @@ class CachedCatalog:
             return self._entries
 
 
-def is_redis_url(url: str) -> bool:
-    return url.startswith(("redis://", "rediss://", "unix://"))
-
-
 def plain_url(url: str) -> str:
     """A Celery backend URL without its `module:Class+` prefix (celeryconfig's result_backend)."""
     scheme, sep, _ = url.partition("://")
@@ -152,7 +149,9 @@ def plain_url(url: str) -> str:
 
 
 def _safe(url: str) -> str:
-    """The URL without its password, for messages."""
+    """The URL without its password, for messages (each part of a sentinel:// list)."""
+    if ";" in url:
+        return ";".join(_safe(part) for part in url.split(";"))
     if "@" not in url:
         return url
     scheme, _, rest = url.partition("://")

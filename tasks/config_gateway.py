@@ -9,6 +9,7 @@ from typing import Literal
 from pydantic import Field, field_validator, model_validator
 
 from tasks.config_base import Section as _Section
+from tasks.redis_urls import is_redis_url
 
 # A scope that grants MCP operations: `<kind>:<server>/<name>`, where server and name are each a
 # name or `*`, and `<kind>:*` is short for `<kind>:*/*` (docs/security-auth.md). The grammar lives
@@ -196,9 +197,11 @@ class GatewayRateLimitSection(_Section):
     @field_validator("redis_url")
     @classmethod
     def _redis(cls, url: str | None) -> str | None:
-        if url is not None and not url.startswith(("redis://", "rediss://", "unix://")):
+        if url is not None and not is_redis_url(url):
             scheme = url.partition("://")[0] if "://" in url else "none"  # the rest may hold a password
-            raise ValueError(f"redisUrl must be a redis://, rediss:// or unix:// URL, not scheme {scheme!r}")
+            raise ValueError(
+                f"redisUrl must be a redis://, rediss://, unix:// or sentinel:// URL, not scheme {scheme!r}"
+            )
         return url
 
 

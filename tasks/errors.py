@@ -84,6 +84,12 @@ class BrokerUnavailableError(TransientError):
     """The broker (or the result store) could not be reached."""
 
 
+class NotReplicatedError(BrokerUnavailableError):
+    """The broker's primary took a write, but too few replicas confirmed it in time (Redis WAIT,
+    AGENTFUL_WAIT_REPLICAS): a failover now could lose it. Resubmitting with the same idempotency
+    key is safe."""
+
+
 class ServerCrashedError(TransientError):
     """The MCP server's connection closed while a call was in flight."""
 

@@ -35,6 +35,8 @@ from typing import Any, Protocol, TypedDict
 
 import redis
 
+from tasks.redisconn import connect
+
 CHANNEL_PREFIX = "agentful:progress:"
 
 
@@ -67,7 +69,7 @@ def redis_client(url: str) -> redis.Redis:
     with _clients_lock:
         client = _clients.get(url)
         if client is None:
-            client = redis.Redis.from_url(url, socket_connect_timeout=3, socket_timeout=5)
+            client = connect(url, socket_connect_timeout=3, socket_timeout=5)
             _clients[url] = client
         return client
 

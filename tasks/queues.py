@@ -17,8 +17,9 @@ import redis
 from kombu.transport.redis import PRIORITY_STEPS
 from kombu.transport.redis import Channel as RedisChannel
 
-from tasks.catalog import is_redis_url
 from tasks.errors import BrokerUnavailableError
+from tasks.redis_urls import is_redis_url
+from tasks.redisconn import connect
 from tasks.registry import worker_queue
 from tasks.routing import CONTROL_QUEUE, SERVER_QUEUE_PREFIX, server_queue
 
@@ -42,7 +43,7 @@ def agentful_queues(servers: Collection[str], nodes: Collection[str]) -> list[st
 def queue_depths(broker_url: str, queues: Sequence[str]) -> dict[str, int]:
     """Calls waiting in each queue, every priority band counted; raises BrokerUnavailableError."""
     if is_redis_url(broker_url):
-        client = redis.Redis.from_url(broker_url, socket_connect_timeout=3, socket_timeout=5)
+        client = connect(broker_url, socket_connect_timeout=3, socket_timeout=5)
         try:
             return redis_depths(client, queues)
         except redis.RedisError as exc:
@@ -90,7 +91,7 @@ def bound_queues(broker_url: str) -> list[str]:
     so a server or worker long gone is still there); [] on other brokers."""
     if not is_redis_url(broker_url):
         return []
-    client = redis.Redis.from_url(broker_url, socket_connect_timeout=3, socket_timeout=5)
+    client = connect(broker_url, socket_connect_timeout=3, socket_timeout=5)
     found: set[str] = set()
     try:
         for key in client.scan_iter(match=_BINDING_PREFIX + "*", count=500):

@@ -17,6 +17,7 @@ import redis
 from tasks.delivery import keys, scripts
 from tasks.errors import BrokerUnavailableError
 from tasks.policy.scaling import WindowStats
+from tasks.redisconn import connect
 
 WORKERS_KEY = "agentful:workers"
 ENTRY_PREFIX = "agentful:worker:"
@@ -98,7 +99,7 @@ class Fenced(Exception):  # noqa: N818 (a verdict, not a failure)
 class Registry:
     def __init__(self, url: str, *, timeout_s: float = 3.0, client_name: str | None = None) -> None:
         self.url = url
-        self._client = redis.Redis.from_url(
+        self._client = connect(
             url, socket_connect_timeout=timeout_s, socket_timeout=timeout_s, client_name=client_name
         )
         self._beat = self._client.register_script(scripts.BEAT)

@@ -70,6 +70,18 @@ class Settings(BaseSettings):
     broker_ca: Path | None = Field(default=None, description="CA bundle of a rediss:// broker")
     broker_cert: Path | None = Field(default=None, description="client certificate for a rediss:// broker")
     broker_key: Path | None = Field(default=None, description="key of broker_cert")
+    # A broker under Redis Sentinel (AGENTFUL_BROKER_URL=sentinel://a:26379;sentinel://b:26379;...,
+    # docs/deployment.md "No single broker host").
+    sentinel_master: str = Field(
+        default="mymaster", min_length=1, description="the Sentinels' name of the primary"
+    )
+    sentinel_password: SecretStr | None = Field(default=None, description="the Sentinels' own requirepass")
+    wait_replicas: int | None = Field(
+        default=None,
+        ge=0,
+        description="replicas a publish and a result wait for (Redis WAIT); unset: 1 over Sentinel, else 0",
+    )
+    wait_replicas_ms: int = Field(default=2000, gt=0, description="how long a publish waits for them")
     # Celery message signing (its `auth` serializer): on when key, cert and cert store are all set.
     signing_key: Path | None = Field(default=None, description="RSA private key (PEM) that signs messages")
     signing_key_password: SecretStr | None = Field(default=None, description="if signing_key is encrypted")
@@ -88,6 +100,13 @@ class Settings(BaseSettings):
         if (self.broker_cert is None) != (self.broker_key is None):
             raise ValueError("AGENTFUL_BROKER_CERT and AGENTFUL_BROKER_KEY go together")
         return self
+
+    def replicas_to_wait(self, broker_url: str) -> int:
+        """How many replicas must have a message before `.delay()` returns: replication is
+        asynchronous, so a primary that dies right after a publish loses it otherwise."""
+        if self.wait_replicas is not None:
+            return self.wait_replicas
+        return 1 if broker_url.startswith("sentinel://") else 0
 
     @property
     def signing_enabled(self) -> bool:
@@ -166,7 +185,7 @@ def resolved_broker_url(settings: Settings) -> str:
 def resolved_result_backend(settings: Settings, broker_url: str) -> str:
     if settings.result_backend:
         return with_redis_tls(settings.result_backend, settings)
-    if broker_url.startswith(("redis://", "rediss://", "valkey://", "valkeys://", "unix://")):
+    if broker_url.startswith(("redis://", "rediss://", "valkey://", "valkeys://", "unix://", "sentinel://")):
         return broker_url
     return "rpc://"
 

@@ -7,7 +7,8 @@ without importing tasks.api back; `from tasks.api import catalog_store` keeps wo
 from __future__ import annotations
 
 from tasks.app import app
-from tasks.catalog import RedisCatalogStore, is_redis_url, plain_url
+from tasks.catalog import RedisCatalogStore, plain_url
+from tasks.redis_urls import is_redis_url
 
 
 def catalog_store() -> RedisCatalogStore | None:

@@ -16,7 +16,6 @@ import threading
 import time
 from typing import Any
 
-import redis
 from celery.signals import (
     task_postrun,
     task_prerun,
@@ -31,6 +30,7 @@ from tasks.api import catalog_store
 from tasks.app import app
 from tasks.contracts import set_executor_factory
 from tasks.policy.scaling import CallWindow
+from tasks.redisconn import connect
 from tasks.registry import ServerHealth, lease_s, worker_queue
 from tasks.routing import AGENT_SERVER, server_queue
 from tasks.settings import get_config, get_settings
@@ -83,7 +83,7 @@ def _workspaces(settings: Any, config: Any) -> Workspaces | None:
     if not (config.agents.enabled or any(config.servers[n].per_project for n in names)):
         return None
     store = catalog_store()
-    client = redis.Redis.from_url(store.url, socket_connect_timeout=3, socket_timeout=10) if store else None
+    client = connect(store.url, socket_connect_timeout=3, socket_timeout=10) if store else None
     node = _node_name or f"{socket.gethostname()}:{os.getpid()}"
     return Workspaces(settings.workspaces_root(config), config.projects, node=node, store=client)
 

@@ -27,10 +27,11 @@ from celery.signals import celeryd_init, worker_shutdown, worker_shutting_down
 from celery.worker import state
 
 from tasks.app import app
-from tasks.catalog import is_redis_url
 from tasks.delivery import identity
 from tasks.delivery.owner import patiently
 from tasks.errors import BrokerUnavailableError
+from tasks.redis_urls import is_redis_url
+from tasks.redisconn import connect
 from tasks.registry import Registry, expiry_s, worker_queue
 from tasks.settings import get_settings
 from workers.failover import Reaper, client_name, drain_queue, restore_unacked
@@ -46,7 +47,7 @@ def broker_client() -> redis.Redis | None:
     url = str(app.conf.broker_url)
     if _broker is None and is_redis_url(url):
         node, pid = identity.node() or "", os.getpid()
-        _broker = redis.Redis.from_url(
+        _broker = connect(
             url, socket_connect_timeout=3, socket_timeout=10, client_name=client_name(node, pid)
         )
     return _broker

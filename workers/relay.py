@@ -23,6 +23,7 @@ import mcp_types as types
 
 from tasks import relay
 from tasks.progress import publish_event
+from tasks.redisconn import connect
 from tasks.relay import RelayTarget
 
 log = logging.getLogger(__name__)
@@ -121,11 +122,10 @@ _waiters: dict[str, Any] = {}
 def _wait(target: RelayTarget, reply: str) -> dict[str, Any] | None:
     """The caller's answer (BLPOP on its reply key), or None after the call's wait. Its own
     client: a blocking read must not meet the 5 s socket timeout of the publishing one."""
-    import redis
 
     client = _waiters.get(target.url)
     if client is None:
-        client = _waiters[target.url] = redis.Redis.from_url(target.url, socket_connect_timeout=3)
+        client = _waiters[target.url] = connect(target.url, socket_connect_timeout=3)
     got = client.blpop([reply], timeout=max(1, int(target.wish.wait_s)))
     if got is None:
         return None

@@ -19,6 +19,8 @@ from dataclasses import asdict, dataclass, field
 
 import redis.asyncio as aioredis
 
+from tasks.redisconn import connect_async
+
 PREFIX = "agentful:oauth:"
 LOGIN_TTL_S = 600  # a login page left open this long must be started again
 CODE_TTL_S = 300  # RFC 6749 4.1.2: short-lived; the SDK's client exchanges it at once
@@ -84,7 +86,7 @@ class GrantStore:
 
     @classmethod
     def from_url(cls, url: str) -> GrantStore:
-        return cls(aioredis.Redis.from_url(url, socket_connect_timeout=3, socket_timeout=5))
+        return cls(connect_async(url, socket_connect_timeout=3, socket_timeout=5))
 
     # -- clients -------------------------------------------------------------------------------
 

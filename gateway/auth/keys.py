@@ -28,14 +28,15 @@ from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 from typing import Any, Literal, Protocol
 
-import redis
 from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric import ec, rsa
 from jwt.algorithms import ECAlgorithm, RSAAlgorithm
 
 from tasks.config_gateway import GatewayAuthSection
 from tasks.errors import ConfigError
-from tasks.settings import Settings, resolved_broker_url, resolved_result_backend
+from tasks.redis_urls import is_redis_url
+from tasks.redisconn import connect
+from tasks.settings import NO_BROKER_URL, Settings, resolved_broker_url, resolved_result_backend
 
 Alg = Literal["ES256", "RS256"]
 PrivateKey = ec.EllipticCurvePrivateKey | rsa.RSAPrivateKey
@@ -185,7 +186,7 @@ class KeyStore(Protocol):
 
 class RedisKeyStore:
     def __init__(self, url: str, *, key: str = REDIS_KEY) -> None:
-        self._client = redis.Redis.from_url(url, socket_connect_timeout=3, socket_timeout=5)
+        self._client = connect(url, socket_connect_timeout=3, socket_timeout=5)
         self._key = key
         from tasks.catalog import safe_url
 
@@ -257,12 +258,10 @@ def open_key_store(auth: GatewayAuthSection, settings: Settings) -> RedisKeyStor
     if where is None:
         broker = resolved_broker_url(settings)
         for url in (resolved_result_backend(settings, broker), broker):
-            if url.startswith(("redis://", "rediss://", "unix://")) and not url.startswith(
-                "redis://127.0.0.1:1/"
-            ):
+            if is_redis_url(url) and not url.startswith(NO_BROKER_URL):
                 return RedisKeyStore(url)
         return DirKeyStore(settings.data_dir / "keys")
-    if where.startswith(("redis://", "rediss://", "unix://")):
+    if is_redis_url(where):
         return RedisKeyStore(where)
     return DirKeyStore(Path(where).expanduser())
 

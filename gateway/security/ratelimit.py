@@ -32,6 +32,7 @@ from starlette.types import ASGIApp, Receive, Scope, Send
 
 from tasks.config_gateway import GatewayRateLimitSection
 from tasks.errors import ConfigError
+from tasks.redisconn import connect_async
 
 log = logging.getLogger("agentful.gateway.ratelimit")
 
@@ -142,7 +143,7 @@ class RateLimitMiddleware:
         self.section = section
         if bucket is None:
             url = redis_url or section.redis_url or default_redis_url()
-            conn = aioredis.Redis.from_url(url, socket_connect_timeout=2, socket_timeout=2)
+            conn = connect_async(url, socket_connect_timeout=2, socket_timeout=2)
             bucket = TokenBucket(conn, rate=section.rate, burst=section.burst)
         self.bucket = bucket
         self._warned_at = float("-inf")

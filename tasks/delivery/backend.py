@@ -12,16 +12,20 @@ Celery's way to name a backend class (celeryconfig.py).
 
 from __future__ import annotations
 
+import logging
 from typing import Any
 
 from celery import states
-from celery.backends.redis import RedisBackend
+from celery.backends.redis import RedisBackend, SentinelBackend
 from kombu.utils.encoding import bytes_to_str
 
 from tasks.delivery import keys, scripts
 from tasks.delivery.claims import Claim
+from tasks.redis_urls import KEEPALIVE_OPTIONS
 
+log = logging.getLogger(__name__)
 BACKEND_CLASS = "tasks.delivery.backend:FencedRedisBackend"
+SENTINEL_BACKEND_CLASS = "tasks.delivery.backend:FencedSentinelBackend"
 
 
 def claim_state_after(state: str) -> str:
@@ -34,6 +38,17 @@ def claim_state_after(state: str) -> str:
 
 
 class FencedRedisBackend(RedisBackend):  # type: ignore[misc]
+    def __init__(self, *args: Any, **kwargs: Any) -> None:
+        super().__init__(*args, **kwargs)
+        if "path" not in self.connparams:  # TCP: a vanished host fails in seconds (redis_urls.py)
+            self.connparams.update(socket_keepalive=True, socket_keepalive_options=KEEPALIVE_OPTIONS)
+        options = self._transport_options or {}
+        # Over Sentinel a claimed result is stored only once a replica has it too (celeryconfig.py
+        # `result_backend_transport_options`): the task's message is acknowledged after the store,
+        # so a result lost with the primary would leave a call done but not answered.
+        self._wait_replicas = int(options.get("wait_replicas") or 0)
+        self._wait_replicas_ms = int(options.get("wait_replicas_ms") or 2000)
+
     def _store_result(
         self,
         task_id: str,
@@ -82,7 +97,25 @@ class FencedRedisBackend(RedisBackend):  # type: ignore[misc]
             expires = self.failure_expires if state == states.FAILURE else self.expires
             script(**_store_args(self.get_key_for_task(task_id), self.encode(meta), expires, claim,
                                  claim_state_after(state)), client=pipe)  # fmt: skip
-        return [bool(r) for r in pipe.execute()]
+        replies = self._execute(pipe)
+        return [bool(r) for r in replies]
+
+    def _execute(self, pipe: Any) -> list[Any]:
+        """Run the pipeline, waiting for `wait_replicas` replicas after it if asked."""
+        if not self._wait_replicas:
+            return list(pipe.execute())
+        pipe.wait(self._wait_replicas, self._wait_replicas_ms)
+        replies = list(pipe.execute())
+        if replies[-1] < self._wait_replicas:
+            # Stored on the primary, so the call is answered; only a failover in this very window
+            # could lose it, and then the call's message (acknowledged after this) may run again.
+            # Failing the call instead would lose a result that is there: warn, and go on.
+            log.warning(
+                "a result reached the broker's primary, but %s of the %s replica(s) confirmed it "
+                "within %s ms (AGENTFUL_WAIT_REPLICAS)", replies[-1], self._wait_replicas,
+                self._wait_replicas_ms,
+            )  # fmt: skip
+        return replies[:-1]
 
     def _store(self) -> Any:
         script = self.__dict__.get("_store_script")
@@ -91,7 +124,16 @@ class FencedRedisBackend(RedisBackend):  # type: ignore[misc]
         return script
 
     def _fenced_set(self, key: str, value: Any, expires: int | None, claim: Claim, after: str) -> bool:
-        return bool(self._store()(**_store_args(key, value, expires, claim, after)))
+        if not self._wait_replicas:
+            return bool(self._store()(**_store_args(key, value, expires, claim, after)))
+        pipe = self.client.pipeline(transaction=False)
+        self._store()(**_store_args(key, value, expires, claim, after), client=pipe)
+        return bool(self._execute(pipe)[0])
+
+
+class FencedSentinelBackend(FencedRedisBackend, SentinelBackend):  # type: ignore[misc]
+    """The same over Sentinel: Celery's SentinelBackend finds the primary (and finds it again
+    after a failover); the store scripts and fencing are FencedRedisBackend's."""
 
 
 def _store_args(

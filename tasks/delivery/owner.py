@@ -21,6 +21,7 @@ from celery.exceptions import Ignore, Reject
 from tasks.delivery import identity
 from tasks.delivery.claims import Claim, ClaimStore, not_owner
 from tasks.errors import BrokerUnavailableError
+from tasks.redisconn import connect
 
 log = logging.getLogger(__name__)
 WAIT_POLL_S = 0.2
@@ -49,7 +50,7 @@ def patiently(fn: Callable[[], T], what: str, *, wait_s: float = STORE_WAIT_S) -
 def claim_store(url: str, ttl_s: float) -> ClaimStore:
     store = _stores.get(url)
     if store is None:
-        client = redis.Redis.from_url(url, socket_connect_timeout=3, socket_timeout=10)
+        client = connect(url, socket_connect_timeout=3, socket_timeout=10)
         store = _stores[url] = ClaimStore(client, ttl_s=ttl_s)
     return store
 

@@ -18,7 +18,8 @@ restores go through a client that outlives the channel: a call that finishes aft
 reconnect is still acknowledged. kombu's visibility-timeout sweep is off: liveness comes from
 heartbeats, and a sweep would hand a long call still running to a second worker.
 
-Selected with Celery's `broker_transport` (celeryconfig.py) for redis:// and rediss:// URLs:
+Selected with Celery's `broker_transport` (celeryconfig.py) for redis:// and rediss:// URLs, and
+as SentinelTransport for sentinel:// ones (then every publish waits for a replica: `_replicated`):
 kombu's documented way to plug in a transport class. Only kombu's public Channel hooks and
 the methods its own Sentinel channel overrides are overridden. Not supported here: kombu's
 `global_keyprefix` (refused at start) and Redis Cluster (multi-key scripts).
@@ -41,6 +42,7 @@ from kombu.utils.encoding import bytes_to_str
 from kombu.utils.json import dumps, loads
 
 from tasks.delivery import identity, keys, scripts
+from tasks.errors import NotReplicatedError
 
 log = logging.getLogger(__name__)
 PRODUCER = "-"  # the incarnation of a process that is no worker: its keys are never used to take
@@ -114,6 +116,17 @@ class QoS(kombu_redis.QoS):
 
 class Channel(kombu_redis.Channel):
     QoS = QoS
+    # Transport options of ours (celeryconfig.py): a publish returns once this many replicas have
+    # it (Redis WAIT, same round trip), else raises NotReplicatedError. Replication is
+    # asynchronous: without it, a primary that dies right after `.delay()` returned takes the
+    # call with it, and the replica Sentinel promotes never had it.
+    from_transport_options: tuple[str, ...] = (  # type: ignore[assignment]
+        *kombu_redis.Channel.from_transport_options,
+        "wait_replicas",
+        "wait_replicas_ms",
+    )
+    wait_replicas = 0
+    wait_replicas_ms = 2000
 
     def __init__(self, *args: Any, **kwargs: Any) -> None:
         self._recorded: dict[str, str] = {}  # tag -> incarnation, taken by the script, not yet appended
@@ -135,6 +148,11 @@ class Channel(kombu_redis.Channel):
     def conn_or_acquire(self, client: Any = None) -> Iterator[Any]:
         yield client or self._stable
 
+    @property
+    def supports_batch_publish(self) -> bool:
+        """kombu's publish batches never read their replies, so they cannot wait for replicas."""
+        return not self.wait_replicas and bool(super().supports_batch_publish)
+
     # --- publishing ------------------------------------------------------------------------
 
     def _put(self, queue: str, message: Any, **kwargs: Any) -> None:
@@ -153,7 +171,24 @@ class Channel(kombu_redis.Channel):
         pipe.lpush(self._q_for_pri(queue, pri), dumps(message))
         pipe.lpush(bell, 1)
         pipe.ltrim(bell, 0, keys.BELL_CAP - 1)
-        pipe.execute()
+        self._replicated(pipe, message)
+
+    def _replicated(self, pipe: Any, message: Any) -> None:
+        """Run the pipeline; with `wait_replicas`, its last command is WAIT and must see them."""
+        if not self.wait_replicas:
+            pipe.execute()
+            return
+        pipe.wait(self.wait_replicas, self.wait_replicas_ms)
+        acked = pipe.execute()[-1]
+        if acked < self.wait_replicas:
+            task_id = (message.get("headers") or {}).get("id") if isinstance(message, dict) else None
+            raise NotReplicatedError(
+                f"call {task_id or '?'} reached the broker's primary, but {acked} of the "
+                f"{self.wait_replicas} replica(s) confirmed it within {self.wait_replicas_ms} ms: "
+                "it may be lost if the primary fails now. Submit it again with the same "
+                "idempotency key (it then runs once)",
+                task_id or "",
+            )
 
     def _ring(self, queues: list[str], pipe: Any = None) -> None:
         target = pipe if pipe is not None else self._stable.pipeline(transaction=False)
@@ -292,3 +327,19 @@ class Channel(kombu_redis.Channel):
 class Transport(kombu_redis.Transport):
     Channel = Channel
     driver_name = "redis"
+
+
+class SentinelChannel(Channel, kombu_redis.SentinelChannel):
+    """The same channel, its connections made to whichever node the Sentinels name the primary
+    (kombu's SentinelChannel: it asks again on every new connection, so after a failover)."""
+
+    _sentinel_only = [
+        o
+        for o in kombu_redis.SentinelChannel.from_transport_options
+        if o not in Channel.from_transport_options
+    ]
+    from_transport_options = (*Channel.from_transport_options, *_sentinel_only)  # type: ignore[assignment]
+
+
+class SentinelTransport(kombu_redis.SentinelTransport):
+    Channel = SentinelChannel

@@ -1,13 +1,14 @@
 """A user's program for the chaos tier: submit a batch with `.delay()`, then wait for every result.
 
     python -m tests.chaos.driver --out FILE --calls N [--seconds S] [--projects P] [--prefix X]
-                                 [--timeout T] [--no-idempotency] [--batch B]
+                                 [--timeout T] [--no-idempotency] [--batch B] [--pace S]
 
 It reads the broker, backend and config from the environment, as any program using agentful
 does. Each call is `ledger.record(key=<prefix>-<i>)` with `idempotency_key` = the key and
 `project_id` = one of P projects. A call `.delay()` refused (BrokerUnavailableError) is not
 accepted, and so cannot be lost. With `--batch B` the calls go in batches of B through
-`tasks.call_tools` (a refused batch: all of its calls refused). It writes FILE + ".submitted"
+`tasks.call_tools` (a refused batch: all of its calls refused). With `--pace S` it waits S
+seconds between submissions (calls submitted across a fault, not before it). It writes FILE + ".submitted"
 once every call is submitted,
 then polls the result backend (surviving a broker restart) until every accepted call has a
 final state or the timeout passes, and writes FILE: one JSON object, key -> outcome.
@@ -37,6 +38,7 @@ def _args() -> argparse.Namespace:
     p.add_argument("--timeout", type=float, default=120.0)
     p.add_argument("--no-idempotency", action="store_true")
     p.add_argument("--batch", type=int, default=0, help="submit through call_tools, B calls a batch")
+    p.add_argument("--pace", type=float, default=0.0, help="seconds between submissions")
     return p.parse_args()
 
 
@@ -72,6 +74,8 @@ def submit(args: argparse.Namespace) -> tuple[dict[str, str], dict[str, str]]:
             accepted.update(zip(keys, ids, strict=True))
         except BrokerUnavailableError as exc:
             refused.update((k, str(exc)) for k in keys)
+        if args.pace:
+            time.sleep(args.pace)
     return accepted, refused
 
 

@@ -381,7 +381,8 @@ class Driver:
 
     def __init__(self, cluster: ChaosCluster, calls: int, *, seconds: float, prefix: str, timeout_s: float,
                  projects: int = 20, idempotency: bool = True, env: dict[str, str] | None = None,
-                 wrap: Callable[[list[str]], list[str]] | None = None, batch: int = 0) -> None:  # fmt: skip
+                 wrap: Callable[[list[str]], list[str]] | None = None, batch: int = 0,
+                 pace_s: float = 0.0) -> None:  # fmt: skip
         """`env`: the driver's environment (default the cluster's); `wrap`: how to run its command
         elsewhere (on another host of tests/hosts)."""
         self.cluster = cluster
@@ -395,6 +396,7 @@ class Driver:
             "--projects", str(projects),
         ] + ([] if idempotency else ["--no-idempotency"])  # fmt: skip
         self.args += ["--batch", str(batch)] if batch else []
+        self.args += ["--pace", str(pace_s)] if pace_s else []
         self.proc: subprocess.Popen[bytes] | None = None
         self.timeout_s = timeout_s
 

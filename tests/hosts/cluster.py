@@ -26,6 +26,7 @@ import trustme
 
 from tests.chaos.harness import OWN_QUEUE_CALLS, REGISTRY_READY, Driver, read_ledger
 from tests.hosts.lab import Host, Lab
+from tests.hosts.sentinel import SentinelGroup
 from workers.launcher import wait_for
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -39,10 +40,13 @@ PASSWORD = "lab-broker-password"
 class HostCluster:
     def __init__(
         self, tmp: Path, lab: Lab, workers: list[str], *, beat: bool = True, gateway: bool = True,
-        delay_line: bool = False,
+        delay_line: bool = False, sentinel: list[str] | None = None,
     ) -> None:  # fmt: skip
-        """`delay_line`: the broker is reached through tests/hosts/delay.py (`set_rtt`)."""
+        """`delay_line`: the broker is reached through tests/hosts/delay.py (`set_rtt`).
+        `sentinel`: the broker is these hosts under Sentinel (tests/hosts/sentinel.py), not one
+        `broker` host."""
         self.tmp = tmp
+        self.sentinel = SentinelGroup(tmp, lab, sentinel, PASSWORD) if sentinel else None
         self.delay_line = delay_line
         self.rtt_file = tmp / "rtt-ms"
         self.lab = lab
@@ -61,18 +65,24 @@ class HostCluster:
 
     @property
     def broker_url(self) -> str:
+        if self.sentinel is not None:
+            return self.sentinel.url
         return f"rediss://:{PASSWORD}@{self.lab['broker'].fqdn}:{BROKER_PORT}/0"
 
     def env(self, host: str) -> dict[str, str]:
         """The environment docs/deployment.md names, for a process on `host`."""
         env = {k: v for k, v in os.environ.items() if not k.startswith("AGENTFUL_")}
-        return env | {
-            "AGENTFUL_BROKER_URL": self.broker_url,
-            "AGENTFUL_BROKER_CA": str(self.ca_file),
-            "AGENTFUL_CONFIG": str(self.tmp / "config.json"),
-            "AGENTFUL_DATA_DIR": str(self.tmp / host / "data"),
-            "PYTHONPATH": str(ROOT),
-        }
+        return (
+            env
+            | {
+                "AGENTFUL_BROKER_URL": self.broker_url,
+                "AGENTFUL_BROKER_CA": str(self.ca_file),
+                "AGENTFUL_CONFIG": str(self.tmp / "config.json"),
+                "AGENTFUL_DATA_DIR": str(self.tmp / host / "data"),
+                "PYTHONPATH": str(ROOT),
+            }
+            | ({"AGENTFUL_SENTINEL_MASTER": "mymaster"} if self.sentinel is not None else {})
+        )
 
     def _cert(self, host: Host) -> tuple[Path, Path]:
         issued = self.ca.issue_cert(host.fqdn)
@@ -109,6 +119,9 @@ class HostCluster:
         return self.lab[host].popen(cmd, env=self.env(host), log=self.tmp / f"{log}.log", cwd=ROOT)
 
     def start_broker(self) -> None:
+        if self.sentinel is not None:
+            self.sentinel.start()
+            return
         host = self.lab["broker"]
         cert, key = self._cert(host)
         data = self.tmp / "broker"
@@ -175,11 +188,12 @@ class HostCluster:
     # --- the batch and its ledger ----------------------------------------------------------
 
     def drive(
-        self, calls: int, *, seconds: float, timeout_s: float, prefix: str = "c", projects: int = 20
-    ) -> Driver:
+        self, calls: int, *, seconds: float, timeout_s: float, prefix: str = "c", projects: int = 20,
+        pace_s: float = 0.0,
+    ) -> Driver:  # fmt: skip
         driver = Driver(
             self, calls, seconds=seconds, prefix=prefix, timeout_s=timeout_s, projects=projects,  # type: ignore[arg-type]
-            env=self.env("client"), wrap=self.lab["client"].command,
+            env=self.env("client"), wrap=self.lab["client"].command, pace_s=pace_s,
         )  # fmt: skip
         return driver.start()
 
@@ -231,3 +245,5 @@ class HostCluster:
         for name, proc in reversed(list(self.procs.items())):
             host = "ctl" if name in ("beat", "gateway") else "broker" if name == "delay" else name
             self.lab[host].stop(proc, timeout_s=20)
+        if self.sentinel is not None:
+            self.sentinel.stop()

@@ -14,9 +14,9 @@ from tasks.catalog import (
     MemoryCatalogStore,
     ServerTools,
     ToolSpec,
-    is_redis_url,
     safe_url,
 )
+from tasks.redis_urls import is_redis_url
 
 SCHEMA: dict[str, Any] = {
     "type": "object",
@@ -265,6 +265,7 @@ def test_safe_url_with_at_sign_in_credentials(url: str) -> None:
         ("redis://h/0", True),
         ("rediss://h/0", True),
         ("unix:///run/redis.sock", True),
+        ("sentinel://h:26379;sentinel://h2:26379", True),
         ("amqp://h//", False),
         ("rpc://", False),
         ("", False),

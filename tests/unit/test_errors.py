@@ -27,6 +27,7 @@ ALL_ERRORS: list[type[errors.AgentfulError]] = [
 
 TRANSIENT: set[type[errors.AgentfulError]] = {
     errors.BrokerUnavailableError,
+    errors.NotReplicatedError,
     errors.CircuitOpenError,
     errors.ServerUnavailableError,
     errors.ServerCrashedError,
@@ -70,7 +71,7 @@ def test_every_error_is_classified() -> None:
     """A new error class must be put in one branch (and in this table)."""
     assert ALL_ERRORS == MODULE_EXCEPTIONS  # every exception of the module has the one root
     assert set(ALL_ERRORS) == TRANSIENT | PERMANENT | ROOTS
-    assert len(ALL_ERRORS) == 20
+    assert len(ALL_ERRORS) == 21
 
 
 @pytest.mark.parametrize("cls", sorted(TRANSIENT, key=ids), ids=ids)
