@@ -22,9 +22,8 @@ _backend_url = resolved_result_backend(_settings, broker_url)
 # A Redis backend stores a call's result only under its claim (docs/reliability.md): Celery's
 # RedisBackend with one script for the store (tasks/delivery/backend.py), named in Celery's
 # `class+url` form. Everything else reads the plain URL from tasks.settings.
-result_backend = f"{_FENCED_BACKEND}+{_backend_url}" if _is_redis_url(_backend_url) else _backend_url
-if _is_sentinel_url(_backend_url):
-    result_backend = f"{_FENCED_SENTINEL_BACKEND}+{_backend_url}"
+_backend_class = _FENCED_SENTINEL_BACKEND if _is_sentinel_url(_backend_url) else _FENCED_BACKEND
+result_backend = f"{_backend_class}+{_backend_url}" if _is_redis_url(_backend_url) else _backend_url
 if _is_redis_url(broker_url):
     # kombu's Redis transport with an atomic take (tasks/delivery/transport.py).
     broker_transport = "tasks.delivery.transport:Transport"

@@ -1,4 +1,4 @@
-"""What a Redis URL is, and the parts of a Sentinel one. Pure functions, no imports of ours.
+"""What a Redis URL is, and the parts of a Sentinel one: pure functions (no client, no settings).
 
 A broker that must survive the loss of its host runs as a primary and replicas under Redis
 Sentinel (docs/deployment.md "No single broker host"). kombu and Celery name such a broker

@@ -15,6 +15,7 @@ from pydantic_settings import BaseSettings, SettingsConfigDict
 
 from tasks.config_file import ConfigFile, load_config_file
 from tasks.errors import ConfigError
+from tasks.redis_urls import is_sentinel_url
 
 DEFAULT_DATA_DIR = Path.home() / ".local" / "share" / "agentful"
 NO_BROKER_URL = "redis://127.0.0.1:1/0"
@@ -106,7 +107,7 @@ class Settings(BaseSettings):
         asynchronous, so a primary that dies right after a publish loses it otherwise."""
         if self.wait_replicas is not None:
             return self.wait_replicas
-        return 1 if broker_url.startswith("sentinel://") else 0
+        return 1 if is_sentinel_url(broker_url) else 0
 
     @property
     def signing_enabled(self) -> bool:

@@ -26,7 +26,7 @@ import trustme
 
 from tests.chaos.harness import OWN_QUEUE_CALLS, REGISTRY_READY, Driver, read_ledger
 from tests.hosts.lab import Host, Lab
-from tests.hosts.sentinel import SentinelGroup
+from tests.hosts.sentinel import MASTER, SentinelGroup
 from workers.launcher import wait_for
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -81,7 +81,7 @@ class HostCluster:
                 "AGENTFUL_DATA_DIR": str(self.tmp / host / "data"),
                 "PYTHONPATH": str(ROOT),
             }
-            | ({"AGENTFUL_SENTINEL_MASTER": "mymaster"} if self.sentinel is not None else {})
+            | ({"AGENTFUL_SENTINEL_MASTER": MASTER} if self.sentinel is not None else {})
         )
 
     def _cert(self, host: Host) -> tuple[Path, Path]:
