@@ -21,6 +21,7 @@ from kombu.utils.encoding import bytes_to_str
 
 from tasks.delivery import keys, scripts
 from tasks.delivery.claims import Claim
+from tasks.delivery.pipelined import evalsha_many
 from tasks.redis_urls import KEEPALIVE_OPTIONS
 
 log = logging.getLogger(__name__)
@@ -87,25 +88,24 @@ class FencedRedisBackend(RedisBackend):  # type: ignore[misc]
         """Each (task id, result, state, request with its claim) stored as `store_result` would
         store it under its claim, in one round trip: the results of a batch (tasks/batch.py).
         True where stored; False where the claim was no longer the request's."""
-        script = self._store()
-        pipe = self.client.pipeline(transaction=False)
+        calls = []
         for task_id, result, state, request in entries:
             claim: Claim = request.agentful_claim
             encoded = self.encode_result(result, state)
             meta = self._get_result_meta(result=encoded, state=state, traceback=None, request=request)
             meta["task_id"] = bytes_to_str(task_id)
             expires = self.failure_expires if state == states.FAILURE else self.expires
-            script(**_store_args(self.get_key_for_task(task_id), self.encode(meta), expires, claim,
-                                 claim_state_after(state)), client=pipe)  # fmt: skip
-        replies = self._execute(pipe)
-        return [bool(r) for r in replies]
+            calls.append(_store_args(self.get_key_for_task(task_id), self.encode(meta), expires, claim,
+                                     claim_state_after(state)))  # fmt: skip
+        return [bool(r) for r in self._execute(calls)]
 
-    def _execute(self, pipe: Any) -> list[Any]:
-        """Run the pipeline, waiting for `wait_replicas` replicas after it if asked."""
+    def _execute(self, calls: list[tuple[list[Any], list[Any]]]) -> list[Any]:
+        """The store script once per (keys, args) in one round trip, waiting for
+        `wait_replicas` replicas after them if asked."""
         if not self._wait_replicas:
-            return list(pipe.execute())
-        pipe.wait(self._wait_replicas, self._wait_replicas_ms)
-        replies = list(pipe.execute())
+            return evalsha_many(self.client, self._store(), calls)
+        wait = (self._wait_replicas, self._wait_replicas_ms)
+        replies = evalsha_many(self.client, self._store(), calls, wait=wait)
         if replies[-1] < self._wait_replicas:
             # Stored on the primary, so the call is answered; only a failover in this very window
             # could lose it, and then the call's message (acknowledged after this) may run again.
@@ -124,11 +124,7 @@ class FencedRedisBackend(RedisBackend):  # type: ignore[misc]
         return script
 
     def _fenced_set(self, key: str, value: Any, expires: int | None, claim: Claim, after: str) -> bool:
-        if not self._wait_replicas:
-            return bool(self._store()(**_store_args(key, value, expires, claim, after)))
-        pipe = self.client.pipeline(transaction=False)
-        self._store()(**_store_args(key, value, expires, claim, after), client=pipe)
-        return bool(self._execute(pipe)[0])
+        return bool(self._execute([_store_args(key, value, expires, claim, after)])[0])
 
 
 class FencedSentinelBackend(FencedRedisBackend, SentinelBackend):  # type: ignore[misc]
@@ -138,9 +134,6 @@ class FencedSentinelBackend(FencedRedisBackend, SentinelBackend):  # type: ignor
 
 def _store_args(
     key: str, value: Any, expires: float | None, claim: Claim, after: str
-) -> dict[str, list[Any]]:
+) -> tuple[list[Any], list[Any]]:
     ms = int(expires * 1000) if expires else 0
-    return {
-        "keys": [key, keys.claim(claim.task_id), keys.fenced(claim.incarnation)],
-        "args": [value, ms, claim.token, after],
-    }
+    return [key, keys.claim(claim.task_id), keys.fenced(claim.incarnation)], [value, ms, claim.token, after]

@@ -24,6 +24,7 @@ from typing import Any, Literal
 import redis
 
 from tasks.delivery import keys, scripts
+from tasks.delivery.pipelined import evalsha_many
 
 Verdict = Literal["own", "wait", "done", "fenced"]
 
@@ -76,11 +77,8 @@ class ClaimStore:
         self, task_ids: list[str], incarnation: str, nonce: str
     ) -> list[tuple[Verdict, Claim | None, str | None]]:
         """`take` of each call of a batch, in one round trip (a pipeline of the same script)."""
-        pipe = self.client.pipeline(transaction=False)
-        for task_id in task_ids:
-            keys_, args = self._take_args(task_id, incarnation, nonce)
-            self._claim(keys=keys_, args=args, client=pipe)
-        replies = pipe.execute()
+        calls = [self._take_args(task_id, incarnation, nonce) for task_id in task_ids]
+        replies = evalsha_many(self.client, self._claim, calls)
         return [_verdict(t, incarnation, r) for t, r in zip(task_ids, replies, strict=True)]
 
     def _take_args(self, task_id: str, incarnation: str, nonce: str) -> tuple[list[Any], list[Any]]:
