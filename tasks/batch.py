@@ -36,7 +36,7 @@ from typing import Any
 
 from celery import Task, states
 from celery.app.task import Context
-from celery.result import AsyncResult, ResultSet
+from celery.result import AsyncResult
 from celery.signals import task_revoked
 
 from tasks.api import (
@@ -51,6 +51,7 @@ from tasks.api import (
     tool_result,
 )
 from tasks.app import app
+from tasks.batch_result import BatchResult, channel
 from tasks.checks import bind_call, check_options, check_project
 from tasks.contracts import BatchCall, get_executor
 from tasks.delivery import identity
@@ -117,8 +118,9 @@ def call_tools(
     timeout_s: float | None = None,
     retry_interrupted: bool | None = None,
     expires: float | None = None,
-) -> ResultSet:
-    """Queue many calls at once; a ResultSet of their AsyncResults, in order.
+) -> BatchResult:
+    """Queue many calls at once; a ResultSet of their AsyncResults, in order (a BatchResult: its
+    `.get()` waits on one subscription per batch message, tasks/batch_result.py).
 
     Each call is a mapping with `server`, `tool`, `arguments` and, optionally, the keywords of
     `call_tool` (`project_id`, `timeout_s`, `idempotency_key`, `retry_interrupted`); the keywords
@@ -136,11 +138,11 @@ def call_tools(
         if not (call.item["kwargs"].get("idempotency_key") and _stored_state(result) == "SUCCESS"):
             unsent.append(call)
     try:
-        send_calls(unsent, expires=expires)
+        batches = send_calls(unsent, expires=expires)
     except CallsNotQueuedError as exc:
         exc.ids = [call.id for call in prepared]  # which call is which: queued ones will run
         raise
-    return ResultSet(results)
+    return BatchResult(results, batches)
 
 
 def prepare_call(
@@ -186,9 +188,10 @@ def prepare_call(
     return PreparedCall(call_id, server, queue, project, item)
 
 
-def send_calls(prepared: list[PreparedCall], *, expires: float | None = None) -> None:
+def send_calls(prepared: list[PreparedCall], *, expires: float | None = None) -> dict[str, list[str]]:
     """Queue prepared calls: those of one server on one queue in one message (MAX_BATCH calls
-    at most). The first message the broker refuses raises CallsNotQueuedError, naming what was sent."""
+    at most); the id of each batch message sent, with its calls' ids (a call sent alone is in
+    none). The first message the broker refuses raises CallsNotQueuedError, naming what was sent."""
     options: dict[str, Any] = {} if expires is None else {"expires": expires}
     check_publish_options(options, now=datetime.now(UTC))
     if options.get("expires") is None and get_settings().call_expires_s > 0:
@@ -197,12 +200,13 @@ def send_calls(prepared: list[PreparedCall], *, expires: float | None = None) ->
     for call in prepared:  # one id once: the same idempotency key twice is one call
         groups.setdefault((call.queue, call.server, call.project), {})[call.id] = call.item
     queued: set[str] = set()
+    batches: dict[str, list[str]] = {}
     for (queue, server, project), items in groups.items():
         batch = list(items.values())
         for start in range(0, len(batch), MAX_BATCH):
             chunk = batch[start : start + MAX_BATCH]
             try:
-                _publish(server, chunk, project, queue, options)
+                batch_id = _publish(server, chunk, project, queue, options)
             except BrokerUnavailableError as exc:
                 error = CallsNotQueuedError(
                     f"{exc}; {len(queued)} of the {len(prepared)} calls were queued before it"
@@ -210,6 +214,9 @@ def send_calls(prepared: list[PreparedCall], *, expires: float | None = None) ->
                 error.queued = frozenset(queued)
                 raise error from exc
             queued.update(i["id"] for i in chunk)
+            if batch_id is not None:
+                batches[batch_id] = [i["id"] for i in chunk]
+    return batches
 
 
 def _at(index: int, exc: Exception) -> Exception:
@@ -223,20 +230,23 @@ def _at(index: int, exc: Exception) -> Exception:
 
 def _publish(
     server: str, items: list[dict[str, Any]], project: str | None, queue: str, options: dict[str, Any]
-) -> None:
+) -> str | None:
+    """One batch message (its id), or a call alone (None)."""
     if len(items) == 1:  # a batch of one is a plain call (and shows as one in Flower)
         _publish_one(server, items[0], queue=queue, **options)
-        return
+        return None
     tools = sorted({str(i["tool"]) for i in items})
+    batch_id = str(uuid.uuid4())
     call_batch._publish(
         (server, items),
         {"project_id": project} if project else {},
-        None,
+        batch_id,
         queue=queue,
         argsrepr=f"{server}: {len(items)} calls ({', '.join(tools[:5])}{', ...' if len(tools) > 5 else ''})",
         kwargsrepr=repr({"project_id": project}) if project else "{}",
         **options,
     )
+    return batch_id
 
 
 class BatchTask(CheckedTask):
@@ -287,6 +297,7 @@ def call_batch(
                 _publish_one(server, item)
                 handed_on += 1
     ran = _run(self, executor, server, owned, project_id, claims)
+    _done(self.backend, self.request.id)
     return {"calls": len(calls), "ran": ran, "handed_on": handed_on}
 
 
@@ -392,6 +403,18 @@ def _store(task: Task, entries: list[tuple[str, Any, str, Any]]) -> bool:
     return stored
 
 
+def _done(backend: Any, batch_id: str | None) -> None:
+    """Tell the batch's caller (tasks/batch_result.py) that results of it are stored. Only a
+    wake-up: a caller that misses it reads them within its `interval` anyway."""
+    client = getattr(backend, "client", None)
+    if client is None or not batch_id:
+        return
+    try:
+        client.publish(channel(batch_id), 1)
+    except Exception as exc:  # the results are stored; a caller missing this reads them anyway
+        log.warning("batch %s: could not notify its caller (%s)", batch_id, exc)
+
+
 def _publish_one(server: str, item: dict[str, Any], **options: Any) -> None:
     """One call alone, as the `call_tool` it is (same task id): a batch of one, or a call of a
     batch going back to the queue (`retries`, `countdown`: its retry)."""
@@ -414,3 +437,4 @@ def _revoke_calls(request: Any = None, expired: bool = False, **_: Any) -> None:
     for item in calls:
         if isinstance(item, dict) and isinstance(item.get("id"), str):
             call_batch.backend.mark_as_revoked(item["id"], reason=reason)
+    _done(call_batch.backend, getattr(request, "id", None))

@@ -36,6 +36,26 @@ def test_a_batch_returns_each_calls_result_in_order_from_few_messages(
     assert len(published) <= 2 * 3, f"250 calls in {len(published)} messages (<= 100 calls a message)"
 
 
+def test_waiting_for_a_batch_subscribes_once_per_batch_message(cluster: Any, broker: str) -> None:
+    """Celery's ResultSet subscribes to each call's channel; a batch's caller to each batch's."""
+    need(HAS_NODE, "node and server-everything (npm ci)")
+    import redis
+
+    from tasks import call_tools
+
+    client = redis.Redis.from_url(broker)
+
+    def subscribes() -> int:
+        return int(client.info("commandstats").get("cmdstat_subscribe", {}).get("calls", 0))
+
+    before = subscribes()
+    batch = call_tools([echo(i) for i in range(300)])
+    values = batch.get(timeout=60)
+    assert [v["content"][0]["text"] for v in values] == [f"Echo: m{i}" for i in range(300)]
+    assert len(batch.batches) <= 6 and sum(map(len, batch.batches.values())) == 300
+    assert subscribes() - before == 1, "one SUBSCRIBE naming the batches' channels, not 300"
+
+
 def test_calls_of_several_servers_and_a_tools_own_error(cluster: Any) -> None:
     need(HAS_NODE, "node and server-everything (npm ci)")
     from tasks import call_tools
