@@ -193,7 +193,12 @@ def serve(config: ConfigFile, host: str | None = None, port: int | None = None) 
     """Serve the gateway over Streamable HTTP until interrupted."""
     import uvicorn
 
-    uvicorn.Server(uvicorn_config(config, host, port)).run()
+    from tasks.gctune import tune
+    from tasks.settings import get_settings
+
+    server = uvicorn.Server(uvicorn_config(config, host, port))
+    tune(get_settings().gc_threshold)  # everything imported and built: see tasks/gctune.py
+    server.run()
 
 
 def serve_stdio(config: ConfigFile) -> None:

@@ -15,6 +15,7 @@ from pydantic_settings import BaseSettings, SettingsConfigDict
 
 from tasks.config_file import ConfigFile, load_config_file
 from tasks.errors import ConfigError
+from tasks.gctune import DEFAULT as GC_DEFAULT
 from tasks.redis_urls import is_sentinel_url
 
 DEFAULT_DATA_DIR = Path.home() / ".local" / "share" / "agentful"
@@ -53,6 +54,11 @@ class Settings(BaseSettings):
     )
     call_expires_s: float = Field(
         default=3600.0, ge=0, description="a call not started by then is dropped (expires); 0: never"
+    )
+    gc_threshold: str = Field(
+        default=GC_DEFAULT,
+        pattern=r"^(off|[0-9]+,[0-9]+,[0-9]+)$",
+        description="gc thresholds 'gen0,gen1,gen2' of workers and gateway (tasks/gctune.py); off: Python's",
     )
     flower_basic_auth: SecretStr | None = Field(
         default=None, description="user:password[,user:password...]: Flower asks for a login"

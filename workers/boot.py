@@ -29,6 +29,7 @@ from celery.signals import (
 from tasks.api import catalog_store
 from tasks.app import app
 from tasks.contracts import set_executor_factory
+from tasks.gctune import tune as tune_gc
 from tasks.policy.scaling import CallWindow
 from tasks.redisconn import connect
 from tasks.registry import ServerHealth, lease_s, worker_queue
@@ -121,6 +122,7 @@ def _on_breaker(server: str, status: str) -> None:
 @worker_process_init.connect
 def _on_process_init(**_: Any) -> None:
     get_hub()
+    tune_gc(get_settings().gc_threshold)  # a prefork child: its own hub and sessions are up
 
 
 @worker_ready.connect
@@ -141,6 +143,7 @@ def _on_ready(sender: Any = None, **_: Any) -> None:
     _in_process = in_process
     if in_process:
         get_hub()
+    tune_gc(get_settings().gc_threshold)  # booted: what it holds now lives as long as it does
     store = catalog_store()
     if store is None:
         log.info("no Redis broker or backend: this worker publishes no heartbeat")
