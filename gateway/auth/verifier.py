@@ -72,12 +72,20 @@ def auth_settings(config: ConfigFile) -> AuthSettings:
     )
 
 
+_VERIFIED_MAX = 10_000  # tokens a verifier remembers as checked
+
+
 class LocalVerifier:
     """Tokens of the built-in issuer, checked against the key ring (store shared by replicas)."""
 
     def __init__(self, ring: KeyRing, *, issuer: str, audience: str, auth: GatewayAuthSection) -> None:
         self.ring, self.issuer, self.audience, self.auth = ring, issuer, audience, auth
         self._public: dict[str, Any] = {}  # kid -> public key object, built once
+        # token -> (what it grants, its kid): a caller sends the same token with every request,
+        # and an ES256 check is ~8% of the gateway's CPU per call (docs/performance.md). A token
+        # once valid stays so until it expires or its key leaves the ring (access tokens are not
+        # revocable one by one: docs/security-auth.md); both are checked on every hit.
+        self._verified: dict[str, tuple[AccessToken, str]] = {}
 
     async def verify_token(self, token: str) -> AccessToken | None:
         try:
@@ -92,6 +100,20 @@ class LocalVerifier:
             return None
 
     def check(self, token: str) -> AccessToken:
+        hit = self._verified.get(token)
+        if hit is not None:
+            access, kid = hit
+            until = (access.expires_at or 0) + self.auth.leeway_s
+            if self.ring.clock() < until and self.ring.find(kid) is not None:
+                return access
+            self._verified.pop(token, None)
+        access, kid = self._check(token)
+        if len(self._verified) >= _VERIFIED_MAX:  # bounded: many callers, or a flood of tokens
+            self._verified.clear()
+        self._verified[token] = (access, kid)
+        return access
+
+    def _check(self, token: str) -> tuple[AccessToken, str]:
         header = unverified_header(token, self.auth.max_token_bytes)
         kid = header.get("kid")
         if not isinstance(kid, str):
@@ -114,7 +136,7 @@ class LocalVerifier:
         client_id = claims.get("client_id")
         if not isinstance(client_id, str):
             raise RejectedTokenError("claim client_id missing")
-        return AccessToken(
+        access = AccessToken(
             token=token,
             client_id=client_id,
             scopes=scopes_claim(claims),
@@ -123,6 +145,7 @@ class LocalVerifier:
             subject=claims.get("sub"),
             claims={"iss": claims["iss"], "jti": claims["jti"], "roles": strings(claims.get("roles"))},
         )
+        return access, kid
 
 
 class ExternalVerifier:

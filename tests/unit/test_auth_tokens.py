@@ -157,3 +157,29 @@ def test_generated_keys_are_encrypted_with_a_passphrase() -> None:
     key = generate_key("RS256", time.time(), b"pass")
     assert "ENCRYPTED" in key.private_pem
     assert key.public_jwk["kty"] == "RSA" and key.kid == key.public_jwk["kid"]
+
+
+@pytest.mark.anyio
+async def test_a_checked_token_is_remembered_until_it_expires_or_its_key_leaves(tmp_path: Path) -> None:
+    clock = [T0]
+    ring, auth = _ring(tmp_path, clock)
+    issued = issue_token(
+        ring, issuer=ISS, audience=AUD, client_id="ci", roles=[], scopes=["s"], ttl_s=600, now=T0
+    )
+    verifier = LocalVerifier(ring, issuer=ISS, audience=AUD, auth=auth)
+    first = await verifier.verify_token(issued.token)
+    assert first is not None and await verifier.verify_token(issued.token) is first  # not checked again
+    clock[0] = T0 + 600 + auth.leeway_s - 1
+    assert await verifier.verify_token(issued.token) is first
+    clock[0] = T0 + 600 + auth.leeway_s
+    assert await verifier.verify_token(issued.token) is None  # expired: remembered no more
+    clock[0] = T0
+    other = issue_token(
+        ring, issuer=ISS, audience=AUD, client_id="ci", roles=[], scopes=["s"], ttl_s=600, now=T0
+    )
+    assert await verifier.verify_token(other.token) is not None
+    assert ring.store.remove(other.kid)  # its key withdrawn from the ring
+    ring.invalidate()
+    assert await verifier.verify_token(other.token) is None
+    forged = other.token[:-4] + ("AAAA" if not other.token.endswith("AAAA") else "BBBB")
+    assert await verifier.verify_token(forged) is None  # a different string: checked, refused
