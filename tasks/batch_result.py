@@ -43,9 +43,11 @@ class BatchResult(ResultSet):  # type: ignore[misc]
     def __init__(
         self, results: list[AsyncResult], batches: Mapping[str, Iterable[str]], **kwargs: Any
     ) -> None:
-        # Celery's default barrier makes every result a pending one of the backend: one SUBSCRIBE
-        # per call, the very cost this class avoids. The wait below readies each result instead.
-        kwargs.setdefault("ready_barrier", barrier())
+        # Celery's default barrier makes every result a pending one of the backend: on Redis one
+        # SUBSCRIBE per call, the very cost this class avoids; the wait below readies each result
+        # instead. Any other backend keeps Celery's barrier (its `get` is Celery's own).
+        if results and isinstance(results[0].backend, RedisBackend):
+            kwargs.setdefault("ready_barrier", barrier())
         super().__init__(results, **kwargs)
         self.batches = {batch: list(ids) for batch, ids in batches.items()}
 

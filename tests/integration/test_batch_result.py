@@ -118,3 +118,15 @@ def test_a_broker_killed_and_restarted_while_waiting(app: Celery, broker: RedisP
     app.backend.client.publish(channel(batch_id), 1)
     thread.join(timeout=60)
     assert out == {"values": ["before", "after1", "after2", "after3"]}
+
+
+def test_another_result_backend_waits_the_way_celery_does(tmp_path: Path) -> None:
+    """Not Redis (here Celery's filesystem backend): Celery's own barrier and join."""
+    results_dir = tmp_path / "results"
+    results_dir.mkdir()
+    app = Celery("batch-result-fs", backend=f"file://{results_dir}", set_as_current=False)
+    results = [app.AsyncResult(str(uuid.uuid4())) for _ in range(3)]
+    batch = BatchResult(results, {"b": [r.id for r in results]})
+    for i, r in enumerate(results):
+        app.backend.store_result(r.id, i, states.SUCCESS)
+    assert batch.get(timeout=10, interval=0.05) == [0, 1, 2]
