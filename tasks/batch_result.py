@@ -5,7 +5,8 @@ round trip and one message each): for the 2000 calls of one `call_tools`, the ca
 CPU waiting than the worker spent running them (docs/performance.md). A worker that stores a
 batch's results (tasks/batch.py) publishes once more, on the batch's own channel
 (`channel(batch_id)`); `BatchResult` subscribes to the channels of the batch messages it sent
-and, on each message, reads that batch's results in one MGET.
+(and to the own result channel of a call sent alone) and, on each message, reads that batch's
+results in one MGET.
 
 Every call keeps its own result key, so nothing depends on that one message: every `interval`
 without one, the calls still pending are read again in one MGET. That covers a call that went
@@ -29,6 +30,11 @@ from vine import barrier
 
 CHANNEL_PREFIX = "agentful:batch-done:"
 _MGET_CHUNK = 500  # keys in one MGET: bounds one reply's size
+
+
+def _text(name: str | bytes) -> str:
+    """A channel or key name as text (redis-py gives bytes, Celery builds its keys as bytes)."""
+    return name.decode("utf-8", "replace") if isinstance(name, bytes) else str(name)
 
 
 def channel(batch_id: str) -> str:
@@ -95,17 +101,22 @@ class BatchResult(ResultSet):  # type: ignore[misc]
         deadline = None if timeout is None else time.monotonic() + timeout
         by_id = {r.id: r for r in self.results}
         pending = {r.id for r in self.results if not r._cache}
+        # What wakes the wait: a batch's channel for its calls; a call sent alone, its own result
+        # channel (Celery's store publishes on the result key), so it is not read only by polling.
+        wake = {channel(b): ids for b, ids in self.batches.items()}
+        batched = {i for ids in self.batches.values() for i in ids}
+        wake.update({_text(backend.get_key_for_task(i)): [i] for i in pending if i not in batched})
         pubsub = None
         try:
             while pending:
                 try:
                     if pubsub is None:
                         pubsub = backend.client.pubsub(ignore_subscribe_messages=True)
-                        if self.batches:
-                            pubsub.subscribe(*(channel(b) for b in self.batches))
+                        if wake:
+                            pubsub.subscribe(*wake)
                         ids = list(pending)  # stored before the subscription: read them all
                     else:
-                        ids = self._next(pubsub, pending, self._left(deadline, interval))
+                        ids = self._next(pubsub, wake, pending, self._left(deadline, interval))
                     ready = self._read(backend, by_id, pending, ids)
                 except (redis.ConnectionError, redis.TimeoutError):
                     if pubsub is not None:
@@ -130,15 +141,14 @@ class BatchResult(ResultSet):  # type: ignore[misc]
             raise CeleryTimeoutError("The operation timed out.")
         return min(interval, left)
 
-    def _next(self, pubsub: Any, pending: set[str], wait_s: float) -> list[str]:
-        """The calls to read next: a batch's, once its worker says it stored results; every
-        pending one after `wait_s` without that."""
+    @staticmethod
+    def _next(pubsub: Any, wake: dict[str, list[str]], pending: set[str], wait_s: float) -> list[str]:
+        """The calls to read next: those of the channel a message came on (a batch's, once its
+        worker stored results; a lone call's own); every pending one after `wait_s` without one."""
         message = pubsub.get_message(timeout=wait_s)
         if message is None:
             return list(pending)
-        name = message["channel"]
-        name = name.decode("utf-8", "replace") if isinstance(name, bytes) else str(name)
-        return [i for i in self.batches.get(name.removeprefix(CHANNEL_PREFIX), ()) if i in pending]
+        return [i for i in wake.get(_text(message["channel"]), ()) if i in pending]
 
     @staticmethod
     def _read(backend: Any, by_id: dict[str, AsyncResult], pending: set[str], ids: list[str]) -> list[str]:

@@ -130,3 +130,15 @@ def test_another_result_backend_waits_the_way_celery_does(tmp_path: Path) -> Non
     for i, r in enumerate(results):
         app.backend.store_result(r.id, i, states.SUCCESS)
     assert batch.get(timeout=10, interval=0.05) == [0, 1, 2]
+
+
+def test_a_call_sent_alone_wakes_the_wait_on_its_own_channel(app: Celery) -> None:
+    """A call that travelled alone (a batch of one) is in no batch message: its own result
+    channel, which Celery's store publishes on, wakes the wait, not the hour-long interval."""
+    result = app.AsyncResult(str(uuid.uuid4()))
+    batch = BatchResult([result], {})
+    thread, out = waiting(batch, timeout=20, interval=3600)
+    time.sleep(0.2)
+    store(app, result, "alone")
+    thread.join(timeout=20)
+    assert out == {"values": ["alone"]}
