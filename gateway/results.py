@@ -176,7 +176,7 @@ class ResultWaiter:
                 backoff = min(backoff * 2, 5.0)
             finally:
                 with contextlib.suppress(Exception):
-                    await pubsub.aclose()  # type: ignore[no-untyped-call]
+                    await pubsub.aclose()
 
     def _on_message(self, message: dict[str, Any]) -> None:
         kind = message.get("type")

@@ -50,7 +50,7 @@ def call_interactive(
     check_relay(option)
     task_id = celery_uuid()
     client = redis_client(url)
-    pubsub = client.pubsub(ignore_subscribe_messages=True)  # type: ignore[no-untyped-call]
+    pubsub = client.pubsub(ignore_subscribe_messages=True)
     pubsub.subscribe(channel(task_id))
     try:
         result = call_tool.apply_async(

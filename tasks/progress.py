@@ -94,7 +94,7 @@ class Subscription:
 
     def __init__(self, url: str, task_id: str) -> None:
         self.task_id = task_id
-        self._pubsub = redis_client(url).pubsub(ignore_subscribe_messages=True)  # type: ignore[no-untyped-call]
+        self._pubsub = redis_client(url).pubsub(ignore_subscribe_messages=True)
         self._pubsub.subscribe(channel(task_id))
 
     def get(self, timeout_s: float) -> ProgressEvent | None:

@@ -64,9 +64,9 @@ def _manager(nodes: list[tuple[str, int]], asynchronous: bool) -> Any:
             options = sentinel_node_options()
             if asynchronous:
                 options["retry"] = AsyncRetry(NoBackoff(), 0)
-                manager = AsyncSentinel(nodes, sentinel_kwargs=options)  # type: ignore[no-untyped-call]
+                manager = AsyncSentinel(nodes, sentinel_kwargs=options)
             else:
-                manager = Sentinel(nodes, sentinel_kwargs=options)  # type: ignore[no-untyped-call]
+                manager = Sentinel(nodes, sentinel_kwargs=options)
             _managers[key] = manager
         return manager
 

@@ -7,6 +7,7 @@ fails under CI (CI=true).
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import shutil
@@ -168,31 +169,41 @@ def cluster(everything_http: str) -> Iterator[list[Any]]:
 RELAY_SERVER = "relayer"  # the conformance fixture, with relay on: it asks its caller questions
 
 
-@pytest.fixture(scope="session")
-def relay_worker(broker: str, tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
-    """A real `celery worker` running the conformance fixture as RELAY_SERVER with `relay: true`
-    (tests/integration/test_relay.py, tests/gateway/test_gateway_relay.py); its node name."""
+@contextlib.contextmanager
+def own_worker(short: str, servers: dict[str, Any], tmp: Path) -> Iterator[str]:
+    """A real `celery worker` named `short@host` with a config file of its own holding `servers`,
+    up once it answers ping and its servers' tools are in the catalog; its node name."""
     from tasks import app
     from tasks.store import catalog_store
     from workers.launcher import WorkerProcess, wait_for
 
-    fixture = ROOT / "tests" / "servers" / "conformance_server.py"
-    config = {"servers": {RELAY_SERVER: {"command": sys.executable, "args": [str(fixture)], "relay": True}}}
-    path = tmp_path_factory.mktemp("relay") / "config.json"
-    path.write_text(json.dumps(config))
+    path = tmp / "config.json"
+    path.write_text(json.dumps({"servers": servers}))
     logs = DATA_DIR / "logs"
     logs.mkdir(exist_ok=True)
-    node = f"rl@{socket.gethostname()}"
+    node = f"{short}@{socket.gethostname()}"
     worker = WorkerProcess(
-        "rl@%h", [RELAY_SERVER], env={"AGENTFUL_CONFIG": str(path)}, log_path=logs / "rl.log"
+        f"{short}@%h", list(servers), env={"AGENTFUL_CONFIG": str(path)}, log_path=logs / f"{short}.log"
     ).start()
     try:
-        assert wait_for(lambda: bool(app.control.ping(destination=[node], timeout=0.5)), 60), "worker rl down"
+        assert wait_for(lambda: bool(app.control.ping(destination=[node], timeout=0.5)), 60), (
+            f"worker {short} down"
+        )
         store = catalog_store()
         assert store is not None
-        assert wait_for(lambda: RELAY_SERVER in store.load(), 60), (
-            "the worker never published the fixture's tools"
+        assert wait_for(lambda: set(servers) <= set(store.load()), 60), (
+            f"worker {short} never published its servers' tools"
         )
         yield node
     finally:
         worker.stop()
+
+
+@pytest.fixture(scope="session")
+def relay_worker(broker: str, tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
+    """A real `celery worker` running the conformance fixture as RELAY_SERVER with `relay: true`
+    (tests/integration/test_relay.py, tests/gateway/test_gateway_relay.py); its node name."""
+    fixture = ROOT / "tests" / "servers" / "conformance_server.py"
+    relayer = {"command": sys.executable, "args": [str(fixture)], "relay": True}
+    with own_worker("rl", {RELAY_SERVER: relayer}, tmp_path_factory.mktemp("relay")) as node:
+        yield node

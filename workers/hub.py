@@ -234,20 +234,28 @@ class SessionHub:
         held = project if self._per_project(server) else None
         captured = CallContext.capture()
 
+        # At most `batchConcurrency` calls of this batch run at once: a server is not handed 100
+        # calls by each of 16 pool threads, and the peak memory of that many calls in flight
+        # (about 19 KB each in the SDK) is not kept by the worker ever after. A call's own
+        # timeout starts when it runs; the wait below covers the waves.
+        width = session.spec.batch_concurrency
+        gate = asyncio.Semaphore(width)  # bound to the loop that first waits on it: the hub's
+
         async def one(call: BatchCall) -> tuple[dict[str, Any], int, float]:
-            started = time.perf_counter()
-            with observe_call(server, call.tool, call.meta) as observed:
-                result, attempts = await session.call(
-                    call.tool,
-                    call.arguments,
-                    timeout_s=call.timeout_s,
-                    meta=observed.meta,
-                    rerun=call.rerun,
-                    still_owner=call.still_owner,
-                )
-                out = wire(result)
-                observed.done(out)
-                return out, attempts, round((time.perf_counter() - started) * 1000, 3)
+            async with gate:
+                started = time.perf_counter()
+                with observe_call(server, call.tool, call.meta) as observed:
+                    result, attempts = await session.call(
+                        call.tool,
+                        call.arguments,
+                        timeout_s=call.timeout_s,
+                        meta=observed.meta,
+                        rerun=call.rerun,
+                        still_owner=call.still_owner,
+                    )
+                    out = wire(result)
+                    observed.done(out)
+                    return out, attempts, round((time.perf_counter() - started) * 1000, 3)
 
         async def run_all() -> list[tuple[dict[str, Any], int, float] | BaseException]:
             captured.apply()  # the batch task's trace id and log fields, for every call
@@ -255,7 +263,8 @@ class SessionHub:
 
         try:
             longest = max((c.timeout_s or session.spec.call_timeout_s for c in calls), default=0.0)
-            return self._run(run_all(), 2 * longest + session.spec.start_timeout_s + _WAIT_MARGIN_S)
+            waves = -(-len(calls) // width)
+            return self._run(run_all(), 2 * longest * waves + session.spec.start_timeout_s + _WAIT_MARGIN_S)
         finally:
             self._release(server, held)
 

@@ -35,6 +35,25 @@ async def sleep(seconds: float) -> str:
     return f"slept {seconds}"
 
 
+_running = 0
+
+
+@server.tool()
+async def overlap(seconds: float) -> int:
+    """Sleep; return how many calls of this tool were running when this one began (itself too):
+    the largest answer over a batch is how many of its calls the server had at once."""
+    import anyio
+
+    global _running
+    _running += 1
+    try:
+        seen = _running
+        await anyio.sleep(seconds)
+        return seen
+    finally:
+        _running -= 1
+
+
 @server.tool()
 def fail(reason: str = "failing on purpose") -> str:
     """Raise: a tool error the worker reports as is_error."""

@@ -125,6 +125,7 @@ def test_server_defaults_for_timeouts(tmp_path: Path) -> None:
     spec = load_config_file(write(tmp_path, {"servers": {"t": {"command": "x"}}})).servers["t"]
 
     assert (spec.call_timeout_s, spec.start_timeout_s) == (60.0, 30.0)
+    assert spec.batch_concurrency == 16
 
 
 def test_partial_section_keeps_sibling_defaults(tmp_path: Path) -> None:
@@ -206,6 +207,18 @@ BAD_FIELD_CASES: list[tuple[str, Any, str, str]] = [
         {"servers": {"git": {"command": "git", "startTimeoutS": 0}}},
         "servers.git.startTimeoutS",
         "greater than 0",
+    ),
+    (
+        "zero-batch-width",
+        {"servers": {"git": {"command": "git", "batchConcurrency": 0}}},
+        "servers.git.batchConcurrency",
+        "greater than or equal to 1",
+    ),
+    (
+        "batch-width-over-a-batch",
+        {"servers": {"git": {"command": "git", "batchConcurrency": 101}}},
+        "servers.git.batchConcurrency",
+        "less than or equal to 100",
     ),
     ("number-for-command", {"servers": {"git": {"command": 3}}}, "servers.git.command", "valid string"),
     (
