@@ -8,7 +8,8 @@ without gossip and mingle, each with a session to mcp-server-time. Measured: how
 memory per worker (the Celery process, and its MCP server apart), broker commands per second
 while idle (heartbeats, held-call tags, the consumers' polling), the router's decision time with
 N workers registered, calls with project affinity spread and all completed, and one worker
-SIGKILLed with its calls moved. Last line: one JSON object.
+SIGKILLed with its calls moved; then a bare Celery worker with the same pool on the same broker,
+for `rss_ratio`. Last line: one JSON object.
 """
 
 from __future__ import annotations
@@ -100,7 +101,7 @@ def main() -> None:
     parser.add_argument("--workers", type=int, default=100)
     parser.add_argument("--calls", type=int, default=300)
     args = parser.parse_args()
-    broker, url, _ = _setup(args.workers)
+    broker, url, data = _setup(args.workers)
 
     from celery.result import ResultSet
 
@@ -156,6 +157,11 @@ def main() -> None:
         killed = time.monotonic()
         gone = wait_for(lambda: len(registry.alive()) == registered - 1, 30)
         detect_s = time.monotonic() - killed
+        for w in workers:
+            w.kill()
+        from bench.run import bare_worker_rss_mb
+
+        rss_bare = bare_worker_rss_mb(data, url, "solo", 1)
     finally:
         for w in workers:
             w.kill()
@@ -167,6 +173,8 @@ def main() -> None:
         "boot_s": round(boot_s, 1),
         "rss_mb_per_worker": round(rss_worker, 1),
         "rss_mb_per_mcp_server": round(rss_server, 1),
+        "rss_mb_celery_worker": round(rss_bare, 1),
+        "rss_ratio": round(rss_worker / rss_bare, 2),
         "broker_ops_per_s": round(ops, 1),
         "route_p50_us": round(route_p50, 1),
         "route_p99_us": round(route_p99, 1),
