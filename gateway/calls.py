@@ -19,6 +19,7 @@ from typing import Any
 
 import mcp_types as types
 from celery import states, uuid
+from mcp.server.auth.middleware.auth_context import get_access_token
 from mcp.server.context import ServerRequestContext
 from mcp.shared.exceptions import MCPError
 
@@ -86,6 +87,25 @@ async def list_tools(
                 allowed.append(tool)
         tools = allowed
     return types.ListToolsResult(tools=tools)
+
+
+def input_schema(gw: GatewayContext, name: str) -> dict[str, Any] | None:
+    """A tool's inputSchema, for the SDK's check of a tools/call's `Mcp-Param-*` headers (the
+    lowlevel Server's `get_tool_input_schema`). Without it the SDK runs the caller's whole
+    tools/list, through every middleware, on each call to find that one schema: 13% of the
+    gateway's CPU at 8 callers (py-spy). The same answer as that listing gives: a tool of the
+    index the caller may call, else None (no check; the call's dispatch decides)."""
+    found = gw.index.route(name)
+    if found is None:
+        return None
+    route, spec = found
+    if gw.auth_enabled:
+        token = get_access_token()  # set by the SDK's auth middleware for this request
+        if token is None:
+            return None
+        if not may_call(Caller(token.client_id, list(token.scopes), None), route.server, route.name):
+            return None
+    return spec.input_schema or {"type": "object"}
 
 
 async def resolve_tool(gw: GatewayContext, name: str) -> Route:

@@ -135,6 +135,7 @@ class Gateway:
             ),
             on_list_tools=partial(calls.list_tools, self),
             on_call_tool=partial(calls.call_tool, self),
+            get_tool_input_schema=partial(calls.input_schema, self),
             on_list_resources=partial(resources.list_resources, self),
             on_list_resource_templates=partial(resources.list_resource_templates, self),
             on_read_resource=partial(resources.read_resource, self),

@@ -8,9 +8,10 @@ Used to show what a worker passes to an MCP server: trace id, task id, tracepare
 from __future__ import annotations
 
 import json
-from typing import Any
+from typing import Annotated, Any
 
 from mcp.server.mcpserver import Context, MCPServer
+from pydantic import Field
 
 server = MCPServer("meta-echo")
 
@@ -33,6 +34,13 @@ async def sleep(seconds: float) -> str:
 
     await anyio.sleep(seconds)
     return f"slept {seconds}"
+
+
+@server.tool()
+def region(region: Annotated[str, Field(json_schema_extra={"x-mcp-header": "Region"})]) -> str:
+    """Say the region: its argument is declared as the `Mcp-Param-Region` header (2026-07-28),
+    which a server checks against the body before it runs the call."""
+    return region
 
 
 _running = 0
