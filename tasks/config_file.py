@@ -90,7 +90,7 @@ class ServerSpec(_Section):
     oauth: ServerOAuthSpec | None = Field(default=None, description="Streamable HTTP: client credentials")
     call_timeout_s: float = Field(default=60.0, gt=0, description="default timeout of one tool call")
     start_timeout_s: float = Field(default=30.0, gt=0, description="how long connecting may take")
-    batch_concurrency: int = Field(
+    batch_concurrency: int = Field(  # le: tasks.batch.MAX_BATCH, the calls of one message
         default=16, ge=1, le=100, description="calls of one batch message that run at once on the session"
     )
     per_project: bool = Field(default=False, description="one session per project, in its workspace")

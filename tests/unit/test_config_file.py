@@ -128,6 +128,16 @@ def test_server_defaults_for_timeouts(tmp_path: Path) -> None:
     assert spec.batch_concurrency == 16
 
 
+def test_a_batch_width_is_bounded_by_what_one_batch_message_carries() -> None:
+    from annotated_types import Le
+
+    from tasks.batch import MAX_BATCH
+    from tasks.config_file import ServerSpec
+
+    bounds = [m.le for m in ServerSpec.model_fields["batch_concurrency"].metadata if isinstance(m, Le)]
+    assert bounds == [MAX_BATCH]
+
+
 def test_partial_section_keeps_sibling_defaults(tmp_path: Path) -> None:
     raw = {"mcp": {"client": {"loadBalancing": {"healthCheck": {"unhealthyThreshold": 9}}}}}
     hc = load_config_file(write(tmp_path, raw)).mcp.client.load_balancing.health_check
