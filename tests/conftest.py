@@ -166,6 +166,12 @@ def cluster(everything_http: str) -> Iterator[list[Any]]:
         w.stop()
 
 
+# tests/servers/meta_echo.py: its tools return what a worker passed them, or count what it ran at once
+META_SERVER: dict[str, Any] = {
+    "command": sys.executable,
+    "args": ["-m", "tests.servers.meta_echo"],
+    "cwd": str(ROOT),
+}
 RELAY_SERVER = "relayer"  # the conformance fixture, with relay on: it asks its caller questions
 
 

@@ -8,24 +8,22 @@ A real worker runs tests/servers/meta_echo.py, whose `region` tool declares its 
 
 from __future__ import annotations
 
-import sys
 from collections.abc import Callable, Iterator
 from typing import Any
 
 import pytest
 
-from tests.conftest import ROOT, own_worker
+from tests.conftest import META_SERVER, own_worker
 from tests.gateway.conftest import RunningGateway, bearer, call, era, rpc, token_for
 
 pytestmark = pytest.mark.integration
 
-META = {"command": sys.executable, "args": ["-m", "tests.servers.meta_echo"], "cwd": str(ROOT)}
 TOOL = "meta__region"
 
 
 @pytest.fixture(scope="module")
 def meta_worker(broker: str, tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
-    with own_worker("ph", {"meta": META}, tmp_path_factory.mktemp("param-headers")) as node:
+    with own_worker("ph", {"meta": META_SERVER}, tmp_path_factory.mktemp("param-headers")) as node:
         yield node
 
 

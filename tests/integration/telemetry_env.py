@@ -5,7 +5,6 @@ from __future__ import annotations
 
 import gzip
 import json
-import sys
 import threading
 import zlib
 from collections.abc import Iterator
@@ -14,9 +13,7 @@ from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 from typing import Any
 
-from tests.conftest import DATA_DIR, ROOT, SERVERS
-
-META_SERVER = {"command": sys.executable, "args": ["-m", "tests.servers.meta_echo"], "cwd": str(ROOT)}
+from tests.conftest import DATA_DIR, META_SERVER, SERVERS
 
 
 def write_config(name: str) -> Path:

@@ -8,21 +8,18 @@ calls were running at once, so the bound is read off the server, not off the wor
 from __future__ import annotations
 
 import socket
-import sys
 from collections.abc import Iterator
 
 import pytest
 
-from tests.conftest import ROOT, own_worker
+from tests.conftest import META_SERVER, own_worker
 
 pytestmark = pytest.mark.integration
-
-META = {"command": sys.executable, "args": ["-m", "tests.servers.meta_echo"], "cwd": str(ROOT)}
 
 
 @pytest.fixture(scope="module")
 def width_worker(broker: str, tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
-    servers = {"wide": META, "narrow": {**META, "batchConcurrency": 3}}
+    servers = {"wide": META_SERVER, "narrow": {**META_SERVER, "batchConcurrency": 3}}
     with own_worker("bw", servers, tmp_path_factory.mktemp("width")) as node:
         yield node
 
