@@ -180,7 +180,7 @@ def own_worker(short: str, servers: dict[str, Any], tmp: Path) -> Iterator[str]:
     """A real `celery worker` named `short@host` with a config file of its own holding `servers`,
     up once it answers ping and its servers' tools are in the catalog; its node name."""
     from tasks import app
-    from tasks.store import catalog_store
+    from tasks.api import cluster_catalog
     from workers.launcher import WorkerProcess, wait_for
 
     path = tmp / "config.json"
@@ -195,9 +195,9 @@ def own_worker(short: str, servers: dict[str, Any], tmp: Path) -> Iterator[str]:
         assert wait_for(lambda: bool(app.control.ping(destination=[node], timeout=0.5)), 60), (
             f"worker {short} down"
         )
-        store = catalog_store()
-        assert store is not None
-        assert wait_for(lambda: set(servers) <= set(store.load()), 60), (
+        # This process's own cached catalog, which its calls are checked against (read afresh
+        # here): the store may have the servers while that copy, read a moment ago, has not.
+        assert wait_for(lambda: set(servers) <= set(cluster_catalog(refresh=True)), 60), (
             f"worker {short} never published its servers' tools"
         )
         yield node
